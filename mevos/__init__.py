@@ -8,6 +8,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from mevos.errors import CheckpointError, InputError, MevosError, MissingExtraError
+from mevos.errors import CheckpointError, InputError, MevosError, MissingExtraError, UsageError
 
-__all__ = ["__version__", "MevosError", "InputError", "CheckpointError", "MissingExtraError"]
+__all__ = ["__version__", "MevosError", "InputError", "CheckpointError", "MissingExtraError", "UsageError"]

@@ -39,3 +39,7 @@ def require(module: str, extra: str, purpose: str = "", package: str | None = No
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(package or module.split(".")[0], extra, purpose) from exc
+
+
+class UsageError(MevosError, ValueError):
+    """An API called with arguments that cannot work: wrong shapes, dtypes, devices, k out of range."""

@@ -1,0 +1,5 @@
+import sys
+
+from mevos.cli import main
+
+sys.exit(main())
