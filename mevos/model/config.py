@@ -1,0 +1,104 @@
+"""Model configuration: one frozen dataclass and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mevos.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shapes of the three networks E (key encoder), V (value encoder) and D (decoder).
+
+    Both encoders are ResNets whose stages after the second keep stride 8 (paper section 3.3).
+    `feature_layer` is the last ResNet stage used: 4 for ResNet-18 (res5 without stride), 3 for
+    ResNet-50 (res4 without stride, as the paper takes it).
+    """
+
+    name: str
+    block: Literal["basic", "bottleneck"]
+    layers: tuple[int, int, int, int]
+    widths: tuple[int, int, int, int]
+    stem_width: int
+    feature_layer: int
+    key_dim: int = 128
+    value_dim: int = 512
+    decoder_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if self.block not in ("basic", "bottleneck"):
+            raise UsageError(f"block must be 'basic' or 'bottleneck', not {self.block!r}")
+        if self.feature_layer not in (3, 4):
+            raise UsageError(f"feature_layer must be 3 or 4, not {self.feature_layer}")
+        if len(self.layers) != 4 or len(self.widths) != 4 or min(self.layers + self.widths) < 1:
+            raise UsageError("layers and widths need four positive entries each")
+
+    @property
+    def expansion(self) -> int:
+        """Channel multiplier of the block type (1 for basic, 4 for bottleneck)."""
+        return 1 if self.block == "basic" else 4
+
+    @property
+    def res2_channels(self) -> int:
+        """Channels of the stride-4 skip (output of layer1)."""
+        return self.widths[0] * self.expansion
+
+    @property
+    def res3_channels(self) -> int:
+        """Channels of the stride-8 skip (output of layer2)."""
+        return self.widths[1] * self.expansion
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the last backbone stage that feeds the key/value projections."""
+        return self.widths[self.feature_layer - 1] * self.expansion
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (str, int, lists), so that checkpoints load with weights_only=True."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_dict; unknown or missing keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UsageError(f"unknown model config keys: {sorted(unknown)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper's ResNet-18: layer3 and layer4 without stride, 128-d key, 512-d value.
+    "r18": ModelConfig(
+        name="r18", block="basic", layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), stem_width=64, feature_layer=4
+    ),
+    # The paper's ResNet-50: features from res4 (layer3) without stride.
+    "r50": ModelConfig(
+        name="r50", block="bottleneck", layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem_width=64, feature_layer=3
+    ),
+    # Narrow ResNet-18 layout for CPU serving, the demo and the tests: about 1/16 of r18's compute.
+    "small": ModelConfig(
+        name="small",
+        block="basic",
+        layers=(1, 1, 1, 1),
+        widths=(24, 48, 96, 128),
+        stem_width=24,
+        feature_layer=4,
+        key_dim=64,
+        value_dim=128,
+        decoder_dim=64,
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """The named preset; the error lists the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}") from None
