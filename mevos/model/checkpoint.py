@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive whose directory sits at the end: a cut file loses it.
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint file (no zip directory)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
