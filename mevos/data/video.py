@@ -7,6 +7,7 @@ a time, and each `iter()` starts again from the first frame.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -52,7 +53,7 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-class FrameSource:
+class FrameSource(ABC):
     """An iterable of RGB frames (H x W x 3 uint8) with what is known about them up front.
 
     name: the folder or file stem. num_frames: int, or None when a video does not say.
@@ -64,8 +65,9 @@ class FrameSource:
     fps: float | None
     size: tuple[int, int]
 
+    @abstractmethod
     def __iter__(self) -> Iterator[np.ndarray]:
-        raise NotImplementedError
+        """Decode from the first frame on, one H x W x 3 uint8 frame at a time."""
 
     def _check_size(self, frame: np.ndarray, where: str) -> np.ndarray:
         if frame.shape[:2] != self.size:
