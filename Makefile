@@ -1,0 +1,36 @@
+# The two commands of the README. Each installs what it needs into .venv first.
+#   make demo   segment a generated video end to end, print J&F and FPS
+#   make test   run the test suite (and the static checks of the TensorRT code)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch first, pinned: a plain `torch` requirement would pull gigabytes of CUDA wheels.
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test typecheck install clean
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mevos needs Python >= 3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[onnx,serve,gpu,dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mevos.demo --out demo-out
+
+typecheck: $(STAMP)
+	@if [ -f mevos/export/mypy-tensorrt.ini ]; then \
+		$(PY) -m mypy --config-file mevos/export/mypy-tensorrt.ini; \
+	fi
+
+test: $(STAMP) typecheck
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache
