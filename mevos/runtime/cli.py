@@ -86,18 +86,17 @@ def run(args: argparse.Namespace) -> int:
     total = source.num_frames if args.max_frames is None else min(args.max_frames, source.num_frames or args.max_frames)
     count, t0 = 0, time.perf_counter()
     try:
-        bar = tqdm(total=total, unit="frame", desc=f"segment {source.name}", file=sys.stderr)
-        for i, frame in enumerate(source):
-            if args.max_frames is not None and i >= args.max_frames:
-                break
-            result = tracker.step(frame, masks=mask if i == 0 else None)
-            write_label_png(tmp / f"{names[i] if names else f'{i:05d}'}.png", result.labels)
-            if writer is not None:
-                writer.write(overlay(frame, result.labels))
-            count += 1
-            bar.update(1)
-            bar.set_postfix(fps=f"{count / (time.perf_counter() - t0):.1f}")
-        bar.close()
+        with tqdm(total=total, unit="frame", desc=f"segment {source.name}", file=sys.stderr) as bar:
+            for i, frame in enumerate(source):
+                if args.max_frames is not None and i >= args.max_frames:
+                    break
+                result = tracker.step(frame, masks=mask if i == 0 else None)
+                write_label_png(tmp / f"{names[i] if names else f'{i:05d}'}.png", result.labels)
+                if writer is not None:
+                    writer.write(overlay(frame, result.labels))
+                count += 1
+                bar.update(1)
+                bar.set_postfix(fps=f"{count / (time.perf_counter() - t0):.1f}")
         if writer is not None:
             writer.close()
     except BaseException:
