@@ -1,0 +1,1 @@
+"""Generated code of the .proto files (see mevos/proto/regenerate.py). Do not edit."""
