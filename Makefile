@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[onnx,serve,gpu,dev]'
+	# TensorRT's type stubs, for mypy only: their metadata requires TensorRT itself, which
+	# cannot be installed here, so they go in without dependencies.
+	$(PY) -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $@
 
 install: $(STAMP)
