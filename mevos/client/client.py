@@ -1,0 +1,286 @@
+"""Python client of the mevos.v1 Tracking API.
+
+    with TrackingClient("127.0.0.1:50051") as client:
+        for result in client.track(frames, first_mask, settings={"top_k": 10}):
+            result.labels                        # H x W uint8 object ids
+
+    # or interactively, adding / correcting / removing objects mid-stream:
+    with client.session(settings={"mem_frames": 10}) as s:
+        s.send(frame0, masks=labels0)
+        first = s.receive()
+        s.send(frame1, remove=[2])
+        ...
+
+Every failure of a call is a ClientError with the gRPC status code attached.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mevos.errors import MevosError, require
+from mevos.proto import codec
+
+grpc = require("grpc", "serve", "the gRPC client", package="grpcio")
+
+from mevos.proto.mevos.v1 import tracking_pb2 as pb  # noqa: E402
+from mevos.proto.mevos.v1 import tracking_pb2_grpc as pb_grpc  # noqa: E402
+
+#: SessionSettings fields a client may set (unset: the server's defaults)
+SETTING_FIELDS = ("top_k", "temperature", "mem_frames", "refine_rounds", "radius", "short_side")
+
+
+class ClientError(MevosError):
+    """A failed call: `code` is the status code name (e.g. 'INVALID_ARGUMENT'), `details` the
+    server's message."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.RpcError) -> ClientError:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return cls(code.name if code is not None else "UNKNOWN", details or "")
+
+
+@dataclass
+class TrackResult:
+    """One frame's answer. labels: H x W uint8 ids; objects: id -> (score, area);
+    timings: server-side milliseconds by stage; latency_s: client send -> receive."""
+
+    index: int
+    labels: np.ndarray
+    objects: dict[int, tuple[float, int]]
+    timings: dict[str, float]
+    session_id: str
+    latency_s: float | None = None
+
+    @classmethod
+    def from_proto(cls, r: pb.TrackResponse, latency_s: float | None = None) -> TrackResult:
+        t = r.timings
+        return cls(
+            index=int(r.frame_index),
+            labels=codec.decode_label_map(r.labels, what=f"response {r.frame_index} labels"),
+            objects={o.object_id: (o.score, o.area) for o in r.objects},
+            timings={"decode": t.decode_ms, "queue": t.queue_ms, "track": t.track_ms,
+                     "batch_wait": t.batch_wait_ms, "encode": t.encode_ms, "total": t.total_ms},
+            session_id=r.session_id,
+            latency_s=latency_s,
+        )
+
+
+def make_settings(settings: Mapping[str, Any] | pb.SessionSettings | None = None, encoding: str = "png",
+                  client_tag: str = "") -> pb.SessionSettings:
+    """SessionSettings from a dict of SETTING_FIELDS (None values are left unset)."""
+    if isinstance(settings, pb.SessionSettings):
+        return settings
+    s = pb.SessionSettings(mask_encoding=codec.MASK_ENCODINGS[encoding], client_tag=client_tag)
+    for k, v in (settings or {}).items():
+        if k not in SETTING_FIELDS:
+            raise MevosError(f"unknown session setting {k!r}; known: {', '.join(SETTING_FIELDS)}")
+        if v is not None:
+            setattr(s, k, v)
+    return s
+
+
+_CLOSE = object()
+
+
+class StreamSession:
+    """One open Track stream. send() queues a frame (blocking when `window` frames are already
+    queued); receive() returns the next answer in order. Not thread-safe per direction, but
+    send and receive may run on two threads."""
+
+    def __init__(self, stub: pb_grpc.TrackingStub, settings: pb.SessionSettings, image_format: str,
+                 jpeg_quality: int, window: int, metadata: list[tuple[str, str]], timeout: float | None) -> None:
+        self._settings = settings
+        self._format, self._quality = codec.IMAGE_FORMATS[image_format], jpeg_quality
+        self._requests: queue.Queue[Any] = queue.Queue(maxsize=max(1, window))
+        self._sent_at: deque[float] = deque()
+        self._sent = 0
+        self._closed = False
+        self._call = stub.Track(self._request_iter(), metadata=metadata, timeout=timeout)
+
+    def _request_iter(self) -> Iterator[pb.TrackRequest]:
+        while True:
+            item = self._requests.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def request(self, frame: np.ndarray, masks: np.ndarray | None = None,
+                remove: Iterable[int] = ()) -> pb.TrackRequest:
+        """The TrackRequest send() would send (settings attached to the first)."""
+        req = pb.TrackRequest(frame=codec.encode_image(frame, self._format, self._quality),
+                              remove_object_ids=list(remove))
+        if masks is not None:
+            req.masks.CopyFrom(codec.encode_label_map(np.asarray(masks), "png"))
+        if self._sent == 0:
+            req.settings.CopyFrom(self._settings)
+        return req
+
+    def send(self, frame: np.ndarray, masks: np.ndarray | None = None, remove: Iterable[int] = ()) -> None:
+        """Queue one frame; masks: H x W ids of new/corrected objects; remove: ids to stop tracking."""
+        self.send_request(self.request(frame, masks, remove))
+
+    def send_request(self, req: pb.TrackRequest) -> None:
+        """Queue a raw TrackRequest as is (for tests and tools)."""
+        if self._closed:
+            raise MevosError("the session is closed for sending")
+        while True:
+            try:
+                self._requests.put(req, timeout=0.1)
+                break
+            except queue.Full:
+                if self._call.done():  # the server ended the stream: receive() reports why
+                    return
+        self._sent_at.append(time.perf_counter())
+        self._sent += 1
+
+    def close_send(self) -> None:
+        """Half-close: no more frames; the answers to those sent still arrive."""
+        if not self._closed:
+            self._closed = True
+            self._requests.put(_CLOSE)
+
+    def receive(self) -> TrackResult:
+        """The next answer, in order. Raises ClientError when the stream failed, StopIteration when
+        it ended normally."""
+        try:
+            r = next(self._call)
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+        sent = self._sent_at.popleft() if self._sent_at else None
+        return TrackResult.from_proto(r, None if sent is None else time.perf_counter() - sent)
+
+    def __iter__(self) -> Iterator[TrackResult]:
+        while True:
+            try:
+                yield self.receive()
+            except StopIteration:
+                return
+
+    def cancel(self) -> None:
+        """Abandon the stream (the server frees the session)."""
+        self._call.cancel()
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.cancel()
+        else:
+            self.close_send()
+
+
+class TrackingClient:
+    """A channel to a mevos server. token: bearer token (None: $MEVOS_TOKEN if set); tls: use TLS
+    (root_certificates: PEM bytes of the CA, None = system roots)."""
+
+    def __init__(self, target: str, token: str | None = None, tls: bool = False,
+                 root_certificates: bytes | None = None, options: Iterable[tuple[str, Any]] = ()) -> None:
+        from mevos import env
+
+        self.target = target
+        token = token if token is not None else env.value("MEVOS_TOKEN")
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        opts = [("grpc.max_receive_message_length", -1), *options]
+        if tls or root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, creds, options=opts)
+        else:
+            self.channel = grpc.insecure_channel(target, options=opts)
+        self.stub = pb_grpc.TrackingStub(self.channel)
+
+    def server_info(self, timeout: float | None = 10.0) -> pb.ServerInfo:
+        try:
+            return self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+
+    def health(self, service: str = "", timeout: float | None = 5.0) -> str:
+        """grpc.health.v1 status name of `service` ('' = the whole server): SERVING, NOT_SERVING, ..."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            r = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                               timeout=timeout)
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server's health is SERVING; ClientError(UNAVAILABLE) after `timeout`."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                if self.health(timeout=min(2.0, max(0.1, deadline - time.monotonic()))) == "SERVING":
+                    return
+            except ClientError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise ClientError("UNAVAILABLE", f"server at {self.target} not SERVING after {timeout:g} s ({last})")
+
+    def session(self, settings: Mapping[str, Any] | pb.SessionSettings | None = None, encoding: str = "png",
+                image_format: str = "jpeg", jpeg_quality: int = 90, window: int = 4, timeout: float | None = None,
+                client_tag: str = "") -> StreamSession:
+        """Open a Track stream (nothing is sent until the first send)."""
+        return StreamSession(self.stub, make_settings(settings, encoding, client_tag), image_format, jpeg_quality,
+                             window, self._metadata, timeout)
+
+    def track(self, frames: Iterable[np.ndarray], first_mask: np.ndarray,
+              settings: Mapping[str, Any] | pb.SessionSettings | None = None, **session_kw: Any) -> Iterator[TrackResult]:
+        """Stream `frames` (read lazily, on a sender thread) and yield the answers as they arrive.
+        first_mask: H x W ids of the objects on the first frame."""
+        s = self.session(settings, **session_kw)
+        failure: list[BaseException] = []
+
+        def sender() -> None:
+            try:
+                for i, frame in enumerate(frames):
+                    s.send(frame, masks=first_mask if i == 0 else None)
+                    if s._call.done():
+                        break
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the receiving thread
+                failure.append(exc)
+                s.cancel()
+            finally:
+                s.close_send()
+
+        thread = threading.Thread(target=sender, name="mevos-stream-sender", daemon=True)
+        thread.start()
+        try:
+            for result in s:
+                yield result
+        except ClientError:
+            if failure:
+                raise failure[0] from None
+            raise
+        finally:
+            if thread.is_alive():
+                s.cancel()
+            thread.join(timeout=5)
+        if failure:
+            raise failure[0]
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> TrackingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,100 @@
+"""The plumbing of one Track stream: a reader thread that pulls requests off the wire, checks and
+decodes them into a bounded queue, and the handler side that takes them with an idle timeout.
+
+The bounded queue is the backpressure: when the tracker falls behind, the reader stops pulling,
+gRPC's flow control stops the client. A slow client blocks only its own handler thread (in gRPC's
+send), never the shared scheduler. Cancellation is a flag set from `context.add_callback`; both
+threads poll it at least every POLL_S, so a vanished client's session ends within a second.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from mevos.proto.mevos.v1 import tracking_pb2 as pb
+from mevos.server.limits import RequestError
+from mevos.server.session import FrameJob, RequestReader
+
+POLL_S = 0.1
+
+
+class End:
+    """Queue item: the client half-closed the stream after `count` messages."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
+class Gone:
+    """Queue item: the request stream broke (the call was cancelled or the transport failed)."""
+
+
+class StreamRun:
+    """Reader thread + bounded queue of one stream."""
+
+    def __init__(self, requests: Iterator[pb.TrackRequest], reader: RequestReader, queue_size: int,
+                 name: str = "mevos-reader") -> None:
+        self._requests = requests
+        self.reader = reader
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop both sides (idempotent; safe from any thread, including gRPC's callbacks)."""
+        self.cancelled.set()
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def _put(self, item: Any) -> bool:
+        while not self.cancelled.is_set():
+            try:
+                self.queue.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        try:
+            for req in self._requests:
+                received = time.perf_counter()
+                try:
+                    item: Any = self.reader.read(req, received)
+                except RequestError as exc:
+                    item = exc
+                if not self._put(item) or isinstance(item, RequestError):
+                    return  # the handler ends the stream at the error; stop reading
+            self._put(End(self.reader.count))
+        except Exception:  # noqa: BLE001 - the request iterator raises when the call dies under it
+            self._put(Gone())
+
+    def next_item(self, idle_timeout_s: float, time_remaining: float | None) -> FrameJob | End | Gone | None:
+        """The next decoded job (or End/Gone); None once cancelled. Raises RequestError
+        (DEADLINE_EXCEEDED) when nothing arrives within the idle timeout or the call's deadline."""
+        limit = idle_timeout_s if time_remaining is None else min(idle_timeout_s, max(time_remaining, 0.0))
+        deadline = time.perf_counter() + limit
+        while not self.cancelled.is_set():
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                if time_remaining is not None and time_remaining <= idle_timeout_s:
+                    raise RequestError("DEADLINE_EXCEEDED", "the call's deadline passed while waiting for a frame")
+                raise RequestError("DEADLINE_EXCEEDED",
+                                   f"no frame for {idle_timeout_s:g} s: the session was idle too long and is closed")
+            try:
+                item = self.queue.get(timeout=min(POLL_S, left))
+            except queue.Empty:
+                continue
+            if isinstance(item, RequestError):
+                raise item
+            return item
+        return None
