@@ -139,7 +139,11 @@ def export_onnx(
             "checkpoint": ckpt,
             "opset": opset,
             "exporter": exporter,
-            "dynamic_axes": "height and width (multiples of 8), objects",
+            "dimensions": {
+                "height": "padded input height, a multiple of 8", "width": "padded input width, a multiple of 8",
+                "height_4": "height / 4", "width_4": "width / 4", "height_8": "height / 8", "width_8": "width / 8",
+                "objects": "number of objects",
+            },
             "versions": _versions(),
             "graphs": graphs,
         }

@@ -80,6 +80,9 @@ class TorchBackend:
 #: backend name -> "module:factory". Factories take (model_path, device, precision).
 BACKENDS: dict[str, str] = {
     "torch": "mevos.runtime.backend:torch_backend_from_path",
+    "onnxruntime": "mevos.runtime.onnxruntime_backend:onnxruntime_backend_from_path",
+    "onnxruntime-trt": "mevos.runtime.onnxruntime_backend:onnxruntime_trt_backend_from_path",
+    "tensorrt": "mevos.runtime.tensorrt_backend:tensorrt_backend_from_path",
 }
 
 
