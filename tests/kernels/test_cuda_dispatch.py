@@ -1,0 +1,150 @@
+"""The dispatch around the fused kernels, on CPU: which path runs, fallbacks, shared validation,
+and that nothing CUDA is imported until a CUDA tensor asks for it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from mevos.errors import MissingExtraError, UsageError
+from mevos.kernels import fused, nvrtc, ops, reference
+
+
+def _keys(T=3, h=5, w=7, C=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(h * w, C, generator=g), dim=1)
+    m = torch.nn.functional.normalize(torch.randn(T, h * w, C, generator=g), dim=1)
+    return q, m, (h, w)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dispatch_state(monkeypatch):
+    monkeypatch.setattr(ops, "_disabled_reason", None)
+    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.delenv("MEVOS_FORCE_REFERENCE", raising=False)
+
+
+def test_cpu_tensors_use_the_reference():
+    q, m, grid = _keys()
+    assert not ops.fused_enabled(q, m)
+    got = ops.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
+    want = reference.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    vals = torch.randn(m.shape[0] * m.shape[1], 8)
+    assert torch.equal(ops.readout(*got, vals), reference.readout(*want, vals))
+
+
+def test_force_reference_flag_turns_the_fused_path_off(monkeypatch):
+    class FakeCuda:
+        is_cuda = True
+
+    monkeypatch.setattr(ops, "Tensor", FakeCuda)
+    assert ops.fused_enabled(FakeCuda(), FakeCuda())
+    monkeypatch.setenv("MEVOS_FORCE_REFERENCE", "1")
+    assert not ops.fused_enabled(FakeCuda(), FakeCuda())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [MissingExtraError("cuda-core", "gpu", "the fused CUDA kernels"), nvrtc.KernelUnavailable("NVRTC failed")],
+    ids=["missing-extra", "compile-failure"],
+)
+def test_an_unavailable_kernel_warns_once_falls_back_and_stays_off(monkeypatch, error):
+    q, m, grid = _keys()
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise error
+
+    monkeypatch.setattr(ops, "fused_enabled", lambda *t: ops._disabled_reason is None)
+    monkeypatch.setattr(fused, "topk_affinity", broken)
+    with pytest.warns(RuntimeWarning, match="using the PyTorch reference"):
+        got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
+    want = reference.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
+    assert torch.equal(got[1], want[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)  # no second warning, no retry
+    assert calls == [1]
+
+
+def test_an_unsupported_configuration_falls_back_with_one_warning_per_reason(monkeypatch):
+    q, m, grid = _keys()
+    monkeypatch.setattr(ops, "fused_enabled", lambda *t: True)
+    # Valid CPU tensors reach the support check and are refused there: the reference answers.
+    with pytest.warns(RuntimeWarning, match="not on a CUDA device"):
+        got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
+    assert torch.equal(got[1], reference.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)[1])
+    with pytest.warns(RuntimeWarning, match="fused readout does not support"):
+        ops.readout(*got, torch.randn(m.shape[0] * m.shape[1], 4))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(k=0), "k must be an int >= 1"),
+        (dict(k=10_000), "larger than the memory"),
+        (dict(temperature=0.0), "temperature must be a number > 0"),
+        (dict(grid=(4, 7)), "cells but query has"),
+        (dict(radius=-1), "radius must be None or an int >= 0"),
+        (dict(pinned=torch.tensor([True])), "pinned has 1 flags"),
+        (dict(chunk_size=0), "chunk_size must be an int >= 1"),
+        (dict(memory=torch.zeros(0, 35, 16)), "no frames"),
+        (dict(memory=torch.zeros(3, 35, 8)), "channels"),
+    ],
+)
+def test_fused_validates_exactly_like_the_reference(change, message):
+    q, m, grid = _keys()
+    args = dict(query=q, memory=m, k=3, temperature=0.1, grid=grid) | change
+    with pytest.raises(UsageError, match=message) as ref_err:
+        reference.topk_affinity(**args)
+    with pytest.raises(UsageError) as fused_err:
+        fused.topk_affinity(**args)
+    assert str(fused_err.value) == str(ref_err.value)
+
+
+@pytest.mark.parametrize(
+    "weights, indices, memory, message",
+    [
+        (torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.int32), torch.ones(9, 3), "indices must be int64"),
+        (torch.ones(4, 2), torch.zeros(4, 3, dtype=torch.int64), torch.ones(9, 3), "differ in shape"),
+        (torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.int64), torch.ones(9), "readout needs"),
+        (torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.int64), torch.ones(9, 3, dtype=torch.int64), "floating"),
+    ],
+)
+def test_fused_readout_validates_like_the_reference(weights, indices, memory, message):
+    with pytest.raises(UsageError, match=message):
+        reference.readout(weights, indices, memory)
+    with pytest.raises(UsageError, match=message):
+        fused.readout(weights, indices, memory)
+
+
+def test_unsupported_reasons_name_the_limit():
+    q, m, grid = _keys()
+    assert "not on a CUDA device" in fused.topk_unsupported(q, m, 3)
+
+
+def test_import_needs_no_cuda_python():
+    """mevos, the ops and the fused module import with `cuda` unimportable; the compiler raises
+    MissingExtraError naming the gpu extra only when asked for."""
+    code = (
+        "import sys; sys.modules['cuda'] = None\n"
+        "import torch, mevos, mevos.kernels, mevos.kernels.ops as ops, mevos.kernels.fused\n"
+        "from mevos.kernels import nvrtc\n"
+        "from mevos.errors import MissingExtraError\n"
+        "q = torch.randn(6, 16); m = torch.randn(2, 6, 16)\n"
+        "ops.topk_affinity(q, m, k=2, temperature=0.1, grid=(2, 3))\n"
+        "try:\n"
+        "    nvrtc.compile_cubin('readout.cu', 'sm_90', {'VALUE_TYPE': 0}, use_cache=False)\n"
+        "except MissingExtraError as e:\n"
+        "    assert \"mevos[gpu]\" in str(e), e\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
