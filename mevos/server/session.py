@@ -57,6 +57,12 @@ class RequestReader:
 
     def read(self, req: pb.TrackRequest, received: float) -> FrameJob:
         """One request -> FrameJob, or RequestError with the documented code."""
+        try:
+            return self._read(req, received)
+        except InputError as exc:  # undecodable bytes (codec.CodecError) and other bad input
+            raise _invalid(str(exc)) from None
+
+    def _read(self, req: pb.TrackRequest, received: float) -> FrameJob:
         i, lim = self.count, self.limits
         nbytes = req.ByteSize()
         if nbytes > lim.max_message_bytes:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
+
 from mevos.proto.mevos.v1 import tracking_pb2 as pb
 from mevos.server.limits import RequestError
 from mevos.server.session import FrameJob, RequestReader
@@ -31,6 +33,13 @@ class End:
 
 class Gone:
     """Queue item: the request stream broke (the call was cancelled or the transport failed)."""
+
+
+class Failure:
+    """Queue item: the reader failed unexpectedly (a bug, reported as INTERNAL)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class StreamRun:
@@ -75,8 +84,10 @@ class StreamRun:
                 if not self._put(item) or isinstance(item, RequestError):
                     return  # the handler ends the stream at the error; stop reading
             self._put(End(self.reader.count))
-        except Exception:  # noqa: BLE001 - the request iterator raises when the call dies under it
+        except grpc.RpcError:  # the request iterator raises this when the call dies under it
             self._put(Gone())
+        except Exception as exc:  # noqa: BLE001 - a bug: the handler turns it into INTERNAL
+            self._put(Failure(exc))
 
     def next_item(self, idle_timeout_s: float, time_remaining: float | None) -> FrameJob | End | Gone | None:
         """The next decoded job (or End/Gone); None once cancelled. Raises RequestError
@@ -96,5 +107,7 @@ class StreamRun:
                 continue
             if isinstance(item, RequestError):
                 raise item
+            if isinstance(item, Failure):
+                raise item.error
             return item
         return None

@@ -1,0 +1,122 @@
+"""Stream a video (file or folder of frames) to a mevos server and write the masks it returns.
+
+Frames are sent as they are read and masks written as they arrive, one palette PNG per frame
+(named like the input frames), plus an overlay video. Settings left unset take the server's
+defaults (see `grpcurl ... GetServerInfo`).
+
+example:
+  mevos serve --port 50051 &
+  mevos stream ../shared/data/davis2016/JPEGImages/480p/blackswan \\
+      --mask ../shared/data/davis2016/Annotations/480p/blackswan/00000.png \\
+      --server 127.0.0.1:50051 --out results/blackswan
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from mevos.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="folder of frames (sorted by name) or a video file")
+    parser.add_argument("--mask", required=True, help="label PNG of the first frame (0 = background, 1..255 = objects)")
+    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server (default 127.0.0.1:50051)")
+    parser.add_argument("--out", required=True, help="output folder for the masks (must not exist, or be empty)")
+    parser.add_argument("--overlay", default=None, help="overlay video path (default: OUT/overlay.mp4; 'none' to skip)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    w = parser.add_argument_group("wire")
+    w.add_argument("--image-format", choices=["jpeg", "png", "raw"], default="jpeg",
+                   help="how frames are sent (default jpeg)")
+    w.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..95 (default 90)")
+    w.add_argument("--encoding", choices=["png", "rle", "raw"], default="rle",
+                   help="how the server encodes the masks it returns (default rle)")
+    w.add_argument("--window", type=int, default=4, help="frames queued ahead of the server's answers (default 4)")
+    w.add_argument("--timeout", type=float, default=None, help="deadline of the whole stream, seconds")
+    s = parser.add_argument_group("security")
+    s.add_argument("--token-file", default=None, help="bearer token file (default: $MEVOS_TOKEN if set)")
+    s.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    s.add_argument("--tls-ca", default=None, metavar="PEM", help="use TLS, trusting this CA certificate")
+    t = parser.add_argument_group("tracking (default: the server's)")
+    t.add_argument("--top-k", type=int, default=None, help="memory matches per pixel")
+    t.add_argument("--temperature", type=float, default=None, help="softmax temperature of the affinity")
+    t.add_argument("--mem-frames", type=int, default=None, help="recent frames kept in memory")
+    t.add_argument("--refine-rounds", type=int, default=None, help="recurrent refinement rounds R")
+    t.add_argument("--radius", type=int, default=None, help="locality radius in feature cells")
+    t.add_argument("--short-side", type=int, default=None, help="process frames at this short side")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mevos.client.client import TrackingClient
+    from mevos.data.overlay import overlay
+    from mevos.data.palette import read_label_png, write_label_png
+    from mevos.data.video import ImageFolderSource, VideoWriter, open_frames
+    from mevos.runtime.cli import finish_output, prepare_output
+    from mevos.server.auth import load_token
+
+    source = open_frames(args.source)
+    mask = read_label_png(args.mask)
+    if mask.shape != source.size:
+        raise InputError(f"{args.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the frame size "
+                         f"{source.size[1]}x{source.size[0]} of {args.source}")
+    if not mask.any():
+        raise InputError(f"{args.mask}: the mask has no object (every pixel is 0 = background)")
+    token = load_token(args.token_file)
+    root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    settings = {k: getattr(args, k) for k in ("top_k", "temperature", "mem_frames", "refine_rounds", "radius",
+                                              "short_side")}
+    out = Path(args.out)
+    tmp = prepare_output(out, args.force)
+    names = [p.stem for p in source.paths] if isinstance(source, ImageFolderSource) else None
+    overlay_path = None if args.overlay == "none" else Path(args.overlay) if args.overlay else out / "overlay.mp4"
+    writer = VideoWriter(tmp / "overlay.mp4", fps=source.fps or 24.0) if overlay_path else None
+    total = source.num_frames if args.max_frames is None else min(args.max_frames, source.num_frames or args.max_frames)
+    # Frames the sender has read, kept until their mask arrives (for the overlay): at most the
+    # in-flight window, since the server answers in order.
+    pending: dict[int, object] = {}
+    frames = itertools.islice(source, args.max_frames)
+
+    def remember() -> object:
+        for i, frame in enumerate(frames):
+            if writer is not None:
+                pending[i] = frame
+            yield frame
+
+    count, objects, t0 = 0, 0, time.perf_counter()
+    try:
+        with TrackingClient(args.server, token=token, tls=args.tls, root_certificates=root) as client:
+            bar = tqdm(total=total, unit="frame", desc=f"stream {source.name}", file=sys.stderr)
+            for result in client.track(remember(), mask, settings=settings, encoding=args.encoding,
+                                       image_format=args.image_format, jpeg_quality=args.jpeg_quality,
+                                       window=args.window, timeout=args.timeout, client_tag=f"stream {source.name}"):
+                i = result.index
+                write_label_png(tmp / f"{names[i] if names else f'{i:05d}'}.png", result.labels)
+                if writer is not None:
+                    writer.write(overlay(pending.pop(i), result.labels))
+                count, objects = count + 1, len(result.objects)
+                bar.update(1)
+                bar.set_postfix(fps=f"{count / (time.perf_counter() - t0):.1f}")
+            bar.close()
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finish_output(tmp, out)
+    if overlay_path is not None and overlay_path != out / "overlay.mp4":
+        overlay_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(out / "overlay.mp4"), overlay_path)
+    seconds = time.perf_counter() - t0
+    print(f"mevos stream: {count} frames, {objects} object(s), {count / seconds:.1f} FPS via {args.server} "
+          f"-> {out}" + (f" (overlay {overlay_path})" if overlay_path else ""))
+    return 0

@@ -1,0 +1,104 @@
+"""Serve tracking sessions over gRPC (mevos.v1.Tracking, plus grpc.health.v1 and reflection).
+
+Listens on loopback unless --host says otherwise. Prometheus metrics are served on their own
+HTTP port. SIGTERM (or Ctrl-C) drains: new sessions are refused, open ones get --grace seconds
+to finish, then the server exits.
+
+examples:
+  mevos serve --model runs/small/last.pt --port 50051
+  MEVOS_TOKEN=s3cret mevos serve --host 0.0.0.0 --tls-cert server.pem --tls-key server.key
+  grpcurl -plaintext 127.0.0.1:50051 mevos.v1.Tracking/GetServerInfo
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mevos.runtime.options import add_model_arguments, add_tracker_arguments
+    from mevos.server.limits import Limits
+
+    d = Limits()
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
+    net.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 = any free port)")
+    net.add_argument("--port-file", default=None, metavar="PATH",
+                     help="write the bound gRPC port to this file once serving (useful with --port 0)")
+    net.add_argument("--metrics-port", type=int, default=9464,
+                     help="Prometheus metrics HTTP port on the same host (default 9464; 0 = any free port)")
+    net.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    sec = parser.add_argument_group("security")
+    sec.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain (enables TLS with --tls-key)")
+    sec.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key")
+    sec.add_argument("--token-file", default=None, metavar="PATH",
+                     help="require 'authorization: Bearer <token>' with the token in this file "
+                          "(default: $MEVOS_TOKEN if set, else no auth)")
+    lim = parser.add_argument_group("limits")
+    lim.add_argument("--max-sessions", type=int, default=d.max_sessions,
+                     help=f"concurrent sessions; more get RESOURCE_EXHAUSTED (default {d.max_sessions})")
+    lim.add_argument("--max-frame-side", type=int, default=d.max_frame_side,
+                     help=f"largest frame width/height in pixels (default {d.max_frame_side})")
+    lim.add_argument("--max-objects", type=int, default=d.max_objects,
+                     help=f"objects per session (default {d.max_objects})")
+    lim.add_argument("--max-message-mb", type=float, default=d.max_message_bytes / 2**20,
+                     help=f"largest request message in MiB (default {d.max_message_bytes / 2**20:g})")
+    lim.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                     help=f"seconds a session may wait for its next frame (default {d.idle_timeout_s:g})")
+    lim.add_argument("--max-batch", type=int, default=d.max_batch,
+                     help=f"session calls batched into one model call (default {d.max_batch}; 1 = no batching)")
+    lim.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                     help=f"longest wait for a batch to fill, ms (default {d.batch_wait_ms:g})")
+    lim.add_argument("--grace", type=float, default=10.0,
+                     help="seconds open sessions get to finish on SIGTERM (default 10)")
+    parser.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines (default json)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_model_arguments(parser)
+    add_tracker_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mevos.runtime.backend import create_backend
+    from mevos.runtime.options import tracker_config_from_args
+    from mevos.runtime.weights import describe_weights
+    from mevos.server import logs
+    from mevos.server.app import ServerConfig, create_server
+    from mevos.server.auth import load_token
+    from mevos.server.limits import Limits
+
+    logs.configure(args.log_format)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    limits = Limits(
+        max_sessions=args.max_sessions, max_frame_side=args.max_frame_side, max_objects=args.max_objects,
+        max_message_bytes=int(args.max_message_mb * 2**20), idle_timeout_s=args.idle_timeout,
+        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+    )
+    config = ServerConfig(
+        host=args.host, port=args.port, limits=limits, defaults=tracker_config_from_args(args),
+        token=load_token(args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+        model_description=describe_weights(args.checkpoint),
+    )
+    backend = create_backend(args.backend, args.checkpoint, device=args.device, precision=args.precision)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server, port = create_server(backend, config)
+    if args.port_file:
+        tmp = Path(args.port_file).with_suffix(".tmp")
+        tmp.write_text(f"{port}\n")
+        tmp.replace(args.port_file)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop(args.grace)
+    print(f"mevos serve: stopped (port {port})", file=sys.stderr)
+    return 0
