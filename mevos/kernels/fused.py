@@ -53,12 +53,31 @@ def _tile_cells(key_dim: int, dtype: torch.dtype) -> int:
     return 64 if 64 * row <= 24 * 1024 else 32 if 32 * row <= 24 * 1024 else 16
 
 
-def _num_splits(query_blocks: int, tiles: int, device_index: int) -> int:
-    """How many CTAs share one query block's search: enough CTAs for ~4 per SM, each with at
-    least 8 memory tiles, at most 64 (the merge reads splits x k candidates per query)."""
+def _num_splits(query_blocks: int, tiles: int, resident: int) -> int:
+    """How many CTAs share one query block's search. Enough CTAs to fill every SM (`resident`
+    CTAs run at once) with little idle time in the last wave, each split keeping at least 8 memory
+    tiles, at most 64 (the merge reads splits x k candidates per query)."""
+    limit = max(1, min(64, tiles // 8))
+    best, best_eff = 1, 0.0
+    for s in range(1, limit + 1):
+        ctas = query_blocks * s
+        waves = math.ceil(ctas / resident)
+        eff = ctas / (waves * resident)  # busy fraction of the CTA slots over all waves
+        if eff > best_eff + 1e-9:
+            best, best_eff = s, eff
+        if ctas >= resident and eff >= 0.9:
+            return s
+    return best
+
+
+def _resident_ctas(kernel: object, device_index: int) -> int:
+    """CTAs of the partial kernel that run at once on the whole GPU (occupancy x SMs)."""
     sms = torch.cuda.get_device_properties(device_index).multi_processor_count
-    want = math.ceil(4 * sms / max(query_blocks, 1))
-    return max(1, min(want, 64, tiles // 8))
+    try:
+        per_sm = int(kernel.occupancy.max_active_blocks_per_multiprocessor(_THREADS, 0))  # type: ignore[attr-defined]
+    except Exception:  # an older cuda.core: assume the register-bound figure of the sm_80/90 build
+        per_sm = 3
+    return max(1, per_sm) * sms
 
 
 def topk_unsupported(query: Tensor, memory: Tensor, k: int) -> str | None:
@@ -113,17 +132,18 @@ def topk_affinity(
     query_blocks = math.ceil(h / _QUERY_ROWS) * math.ceil(w / _QUERY_COLS)
     cells = _tile_cells(C, q.dtype)
     tiles = T * math.ceil(h / (cells // 16)) * math.ceil(w / 16)
-    splits = _num_splits(query_blocks, tiles, index)
+    defines = {"KEY_DIM": C, "KEY_TYPE": _DTYPE_CODE[q.dtype]}
+    with torch.cuda.device(index):
+        partial = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_partial", defines, index)
+        merge = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_merge", defines, index)
+    splits = _num_splits(query_blocks, tiles, _resident_ctas(partial, index))
     part_s = torch.empty(splits, P, k, dtype=torch.float32, device=device)
     part_i = torch.empty(splits, P, k, dtype=torch.int32, device=device)
     weights = torch.empty(P, k, dtype=torch.float32, device=device)
     indices = torch.empty(P, k, dtype=torch.int64, device=device)
     flag = torch.zeros(1, dtype=torch.int32, device=device)
 
-    defines = {"KEY_DIM": C, "KEY_TYPE": _DTYPE_CODE[q.dtype]}
     with torch.cuda.device(index):
-        partial = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_partial", defines, index)
-        merge = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_merge", defines, index)
         nvrtc.launch(
             partial, index, (query_blocks, splits, 1), _THREADS,
             q.data_ptr(), m.data_ptr(), pinned_dev.data_ptr(), part_s.data_ptr(), part_i.data_ptr(), flag.data_ptr(),
