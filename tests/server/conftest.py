@@ -71,3 +71,10 @@ def reference(backend: TorchBackend, frames: Sequence[np.ndarray],
     """Label maps of the in-process tracker; ops[i] = (masks, remove) of frame i."""
     tracker = Tracker(backend, config)
     return [tracker.step(f, masks=m, remove=r).labels for f, (m, r) in zip(frames, ops)]
+
+
+@pytest.fixture(scope="session")
+def plain_reference(backend: TorchBackend, video: SyntheticVideo) -> list[np.ndarray]:
+    """The oracle's label maps for the whole video given objects on frame 0 only."""
+    ops = [(video.labels[0], ())] + [(None, ())] * (len(video.frames) - 1)
+    return reference(backend, video.frames, ops)

@@ -24,9 +24,8 @@ def _stream(client, frames, ops, **kw):  # noqa: ANN001, ANN202
 
 
 @pytest.mark.parametrize("image_format", ["raw", "png"])
-def test_masks_equal_in_process_frame_for_frame(served, backend, video, image_format) -> None:  # noqa: ANN001
-    ops = [(video.labels[0], ())] + [(None, ())] * (len(video.frames) - 1)
-    expected = reference(backend, video.frames, ops)
+def test_masks_equal_in_process_frame_for_frame(served, plain_reference, video, image_format) -> None:  # noqa: ANN001
+    expected = plain_reference
     with served.client() as client:
         results = list(client.track(video.frames, video.labels[0], settings=SETTINGS, image_format=image_format,
                                     encoding="rle"))
@@ -105,9 +104,8 @@ def test_reflection_lists_the_services(served) -> None:  # noqa: ANN001
         assert desc.name == "mevos/v1/tracking.proto"
 
 
-def test_concurrent_sessions_keep_their_own_order(served, backend, video) -> None:  # noqa: ANN001
-    ops = [(video.labels[0], ())] + [(None, ())] * (len(video.frames) - 1)
-    expected = reference(backend, video.frames, ops)
+def test_concurrent_sessions_keep_their_own_order(served, plain_reference, video) -> None:  # noqa: ANN001
+    expected = plain_reference
     out: dict[int, list] = {}
     errors: list[BaseException] = []
 
