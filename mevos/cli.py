@@ -19,6 +19,7 @@ from mevos.errors import MevosError
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("mevos.runtime.cli", "segment objects through a video given their masks on the first frame"),
     "eval": ("mevos.eval.cli", "score result masks against DAVIS ground truth (J&F, official protocol)"),
+    "train": ("mevos.train.cli", "self-supervised training on unlabeled video (correspondence + mask embedding)"),
     "export": ("mevos.export.cli", "export a checkpoint to ONNX graphs and TensorRT engines"),
     "serve": ("mevos.server.cli", "serve tracking sessions over gRPC"),
     "stream": ("mevos.client.cli", "stream a video to a mevos server and write the masks it returns"),

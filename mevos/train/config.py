@@ -1,0 +1,154 @@
+"""Training configuration: one frozen dataclass with the paper's defaults, and named presets.
+
+`paper` is section 3.3 as written (ResNet-18, 256x256 crops, batch 16, 300 + 100 epochs on
+YouTube-VOS). The other presets scale the schedule to smaller data and to a CPU budget; every field
+can be overridden (`mevos train --set name=value`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mevos.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what training does. Epoch = one pass of `clips_per_video` clips over
+    every usable video."""
+
+    model: str = "r18"  # model preset (mevos.model.PRESETS)
+    # -- data (section 3.3): random scaling of the short side, square crops, flips
+    crop_size: int = 256
+    scale_min: int = 256  # short side after random scaling, pixels
+    scale_max: int = 320
+    flip: bool = True
+    batch_size: int = 16  # clips per optimiser step (over all processes)
+    clips_per_video: int = 1
+    long_gap: int = 5  # L_long pairs are at least this many frames apart (Eq. 13)
+    long_max_gap: int = 0  # and at most this many (0: anywhere in the video)
+    # -- Phi: the extra transformation of the correspondence losses (Eq. 11, 13)
+    phi_scale_min: float = 0.6  # side of Phi's crop box as a fraction of the crop, in [phi_scale_min, 1]
+    phi_flip: bool = True
+    corr_temperature: float = 0.07  # temperature of the cosine affinities of Eq. 12, 14, 15
+    # -- mask embedding (Eq. 5-10)
+    num_refs: int = 2  # N reference frames
+    seg_temperature: float = 0.05  # affinity of Eq. 6 (the runtime's default)
+    seg_top_k: int = 0  # 0: full softmax as Eq. 6; k > 0: top-k as the runtime
+    min_object_fraction: float = 0.01  # a pseudo object must cover this much of the reference crop
+    # -- space-time clustering (Eq. 4)
+    clusters: int = 5  # M
+    kmeans_iters: int = 100
+    kmeans_points: int = 0  # fit the centroids on this many random pixels of the video (0: all)
+    max_cluster_fraction: float = 0.4  # clusters above this share of a video's pixels are dropped
+    cluster_short_side: int = 256  # frames are encoded at this short side for clustering
+    pe_weight: float = 0.5  # norm of the 3D sinusoidal position code relative to the unit feature
+    pe_freqs: int = 4
+    recluster_every: int = 10  # epochs between re-clusterings in the joint phase
+    # -- loss (Eq. 16) and schedule (section 3.3)
+    w_seg: float = 1.0
+    w_short: float = 0.1
+    w_long: float = 0.5
+    corr_epochs: int = 300  # phase 1: correspondence loss only
+    joint_epochs: int = 100  # phase 2: full loss, pseudo masks re-clustered every recluster_every
+    lr: float = 1e-4  # Adam, phase 1
+    lr_step_epochs: int = 100  # phase-1 lr is multiplied by lr_gamma every this many epochs
+    lr_gamma: float = 0.5
+    joint_lr: float = 1e-5  # fixed in phase 2
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # 0: off
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from mevos.model.config import PRESETS
+
+        checks = [
+            (self.model in PRESETS, f"model must be one of {', '.join(PRESETS)}"),
+            (self.crop_size >= 16 and self.crop_size % 8 == 0, "crop_size must be a multiple of 8, >= 16"),
+            (0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max"),
+            (self.scale_min >= self.crop_size, "scale_min must be >= crop_size (crops lie inside the frame)"),
+            (self.batch_size >= 1 and self.clips_per_video >= 1, "batch_size and clips_per_video must be >= 1"),
+            (self.long_gap >= 1, "long_gap must be >= 1"),
+            (self.long_max_gap == 0 or self.long_max_gap >= self.long_gap, "long_max_gap must be 0 or >= long_gap"),
+            (0 < self.phi_scale_min <= 1, "phi_scale_min must be in (0, 1]"),
+            (self.corr_temperature > 0 and self.seg_temperature > 0, "temperatures must be > 0"),
+            (self.num_refs in (1, 2), "num_refs must be 1 or 2 (the clip holds three frames)"),
+            (self.seg_top_k >= 0, "seg_top_k must be >= 0"),
+            (self.clusters >= 2 and self.kmeans_iters >= 1, "need clusters >= 2 and kmeans_iters >= 1"),
+            (0 < self.max_cluster_fraction <= 1, "max_cluster_fraction must be in (0, 1]"),
+            (self.cluster_short_side >= 16, "cluster_short_side must be >= 16"),
+            (self.recluster_every >= 1, "recluster_every must be >= 1"),
+            (self.corr_epochs >= 0 and self.joint_epochs >= 0, "epoch counts must be >= 0"),
+            (self.corr_epochs + self.joint_epochs >= 1, "train for at least one epoch"),
+            (self.lr > 0 and self.joint_lr > 0 and self.lr_step_epochs >= 1, "learning rates must be > 0"),
+            (min(self.w_seg, self.w_short, self.w_long) >= 0, "loss weights must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(f"training setting: {msg}")
+
+    @property
+    def epochs(self) -> int:
+        return self.corr_epochs + self.joint_epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so it rides in checkpoints loaded with weights_only=True."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UsageError(f"unknown training settings: {sorted(unknown)}")
+        return cls(**d)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **overrides})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'name=value' -> (name, value converted to the field's type)."""
+    if "=" not in text:
+        raise UsageError(f"--set needs name=value, got {text!r}")
+    name, raw = (s.strip() for s in text.split("=", 1))
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if name not in fields:
+        raise UsageError(f"unknown training setting {name!r}; known: {', '.join(fields)}")
+    kind = type(getattr(TrainConfig(), name))
+    try:
+        if kind is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return name, raw.lower() in ("1", "true", "yes")
+        return name, kind(raw)
+    except ValueError:
+        raise UsageError(f"setting {name} needs a {kind.__name__}, got {raw!r}") from None
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Section 3.3 as written.
+    "paper": TrainConfig(),
+    # The `small` model on ~1.5k frames (22 DAVIS train videos) within about an hour of two CPU
+    # cores: the same two phases, scaled (see mevos/assets/small.md for the run that shipped).
+    "cpu": TrainConfig(
+        model="small", crop_size=256, batch_size=4, clips_per_video=4, corr_epochs=30, joint_epochs=15,
+        lr=3e-4, lr_step_epochs=10, joint_lr=1e-4, recluster_every=5, kmeans_iters=50, kmeans_points=20000,
+        cluster_short_side=192,
+    ),
+    # A few steps at toy sizes: tests and smoke runs.
+    "tiny": TrainConfig(
+        model="small", crop_size=64, scale_min=64, scale_max=80, batch_size=2, clips_per_video=1,
+        corr_epochs=1, joint_epochs=1, lr=1e-3, joint_lr=1e-3, recluster_every=1, kmeans_iters=10,
+        cluster_short_side=64, long_gap=3,
+    ),
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown training preset {name!r}; choose one of {', '.join(PRESETS)}") from None

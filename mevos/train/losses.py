@@ -1,0 +1,84 @@
+"""The three losses: L_short (Eq. 11-12), L_long (Eq. 13-15), L_seg (Eq. 5-10).
+
+Feature maps are B x D x h x w; pixels are compared by cosine similarity over a temperature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mevos.model.network import MevosNet
+
+
+def _flat(x: Tensor) -> Tensor:
+    """B x D x h x w -> B x hw x D, L2-normalised over D."""
+    return F.normalize(x.flatten(2).transpose(1, 2), dim=2)
+
+
+def short_loss(x_t_phi: Tensor, x_next_phi: Tensor, temperature: float) -> Tensor:
+    """Eq. 12: per-pixel InfoNCE between X'_t = E(Phi(I_t)) and X_{t+1} = Phi(E(I_{t+1})), both
+    B x D x h x w on the same grid: pixel k of X_{t+1} must pick pixel k of X'_t among all l."""
+    a, b = _flat(x_next_phi), _flat(x_t_phi)
+    logits = torch.bmm(a, b.transpose(1, 2)) / temperature  # B x hw x hw
+    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, temperature: float) -> Tensor:
+    """Eq. 14-15. x_far_phi_enc: X'_{t'} = E(Phi(I_{t'})); x_far_enc_phi: X_{t'} = Phi(E(I_{t'}));
+    x_t: E(I_t); all B x D x h x w. The argmax match o_k in I_t of pixel k of X'_{t'} (no gradient)
+    is the label of a cross-entropy over the affinities of pixel k of X_{t'} with I_t."""
+    i_t = _flat(x_t)
+    with torch.no_grad():
+        match = torch.bmm(_flat(x_far_phi_enc), i_t.transpose(1, 2)).argmax(dim=2)  # B x hw
+    logits = torch.bmm(_flat(x_far_enc_phi), i_t.transpose(1, 2)) / temperature
+    return F.cross_entropy(logits.flatten(0, 1), match.flatten())
+
+
+def affinity(ref_keys: Tensor, query_key: Tensor, temperature: float, top_k: int = 0) -> Tensor:
+    """Eq. 6. ref_keys B x N x D x h x w, query_key B x D x h x w (unit norm) -> A: B x Nhw x hw,
+    softmax over the references for each query pixel (top-k only when top_k > 0, as the runtime)."""
+    b, n, d = ref_keys.shape[:3]
+    kr = ref_keys.permute(0, 1, 3, 4, 2).reshape(b, -1, d)  # B x Nhw x D
+    kq = query_key.flatten(2)  # B x D x hw
+    scores = torch.bmm(kr, kq) / temperature  # B x Nhw x hw
+    if 0 < top_k < scores.shape[1]:
+        kth = scores.topk(top_k, dim=1).values[:, -1:, :]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    return torch.softmax(scores, dim=1)
+
+
+def seg_forward(model: MevosNet, ref_images: Tensor, ref_masks: Tensor, ref_keys: Tensor, query_image: Tensor,
+                query_key: Tensor, res3: Tensor, res2: Tensor, temperature: float, top_k: int = 0) -> Tensor:
+    """Eq. 5-9 for one object per batch entry, through the model's own stages.
+
+    ref_images B x N x 3 x H x W, ref_masks B x N x 1 x H x W in [0, 1], ref_keys B x N x D x h x w,
+    query_image B x 3 x H x W, query_key B x D x h x w, res3/res2 the query's skips
+    -> logits B x 1 x H x W (the decoder's prediction of the query's mask)."""
+    b, n = ref_images.shape[:2]
+    h, w = query_key.shape[-2:]
+    values = model.encode_value(ref_images.flatten(0, 1), ref_masks.flatten(0, 1))  # BN x Cv x h x w
+    cv = values.shape[1]
+    vr = values.view(b, n, cv, h, w).permute(0, 1, 3, 4, 2).reshape(b, n * h * w, cv)
+    yr = F.avg_pool2d(ref_masks.flatten(0, 1), 8).view(b, n * h * w, 1)  # masks at stride 8, as the runtime
+    a = affinity(ref_keys, query_key, temperature, top_k)  # B x Nhw x hw
+    at = a.transpose(1, 2)
+    readout = torch.bmm(at, vr).transpose(1, 2).reshape(b, cv, h, w)  # Eq. 7
+    coarse = torch.bmm(at, yr).transpose(1, 2).reshape(b, 1, h, w)  # Eq. 8
+    coarse = F.interpolate(coarse, size=query_image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    value = model.encode_value(query_image, coarse)  # Eq. 9: V([I_q, Y_bar])
+    return model.decode(readout, value, res3, res2)
+
+
+def seg_loss(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Eq. 10: cross-entropy of the predicted mask (one sigmoid logit per object, as the runtime
+    reads it) against the pseudo mask. logits, target B x 1 x H x W; valid: B bools (clips whose
+    pseudo object exists)."""
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    if valid is None:
+        return per.mean()
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return per[valid].mean()

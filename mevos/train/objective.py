@@ -1,0 +1,76 @@
+"""The training objective as one module, so DistributedDataParallel can wrap it: a batch of clips
+in, the loss terms out (Eq. 16: L_seg + w_short L_short + w_long L_long)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mevos.model.network import MevosNet
+from mevos.train.config import TrainConfig
+from mevos.train.losses import long_loss, seg_forward, seg_loss, short_loss
+from mevos.train.transforms import Transform, apply_batch
+
+
+@dataclass
+class SegTargets:
+    """Pseudo masks of one object per clip on the clip's three frames: masks B x 3 x 1 x S x S in
+    {0, 1}; query: B frame positions (0..2) of the predicted frame, the two others are references
+    (the one nearer in time first); valid: B bools (clips where a pseudo object was found)."""
+
+    masks: Tensor
+    query: Tensor
+    refs: Tensor  # B x 2 frame positions
+    valid: Tensor
+
+
+class Objective(nn.Module):
+    """Holds the model (as `.model`) and computes the losses of a batch."""
+
+    def __init__(self, model: MevosNet, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(self, frames: Tensor, phi_short: list[Transform], phi_long: list[Transform],
+                seg: SegTargets | None = None) -> dict[str, Tensor]:
+        """frames B x 3 x 3 x S x S (t, t+1, t') -> {'short', 'long'[, 'seg'], 'total'}."""
+        cfg = self.config
+        b, s = frames.shape[0], frames.shape[-1]
+        g = (s // 8, s // 8)
+        f = frames.unbind(1)
+        phi_t = apply_batch(f[0], phi_short, (s, s))
+        phi_far = apply_batch(f[2], phi_long, (s, s))
+        keys, res3, res2 = self.model.encode_key(torch.cat([f[0], f[1], f[2], phi_t, phi_far]))
+        k_t, k_next, k_far, k_phi_t, k_phi_far = keys.split(b)
+        out = {
+            "short": short_loss(k_phi_t, apply_batch(k_next, phi_short, g), cfg.corr_temperature),
+            "long": long_loss(k_phi_far, apply_batch(k_far, phi_long, g), k_t, cfg.corr_temperature),
+        }
+        total = cfg.w_short * out["short"] + cfg.w_long * out["long"]
+        if seg is not None and bool(seg.valid.any()):
+            out["seg"] = self._seg(frames, torch.stack([k_t, k_next, k_far], 1), res3[: 3 * b], res2[: 3 * b], seg)
+            total = total + cfg.w_seg * out["seg"]
+        out["total"] = total
+        return out
+
+    def _seg(self, frames: Tensor, keys: Tensor, res3: Tensor, res2: Tensor, seg: SegTargets) -> Tensor:
+        cfg = self.config
+        v = seg.valid
+        b = frames.shape[0]
+        idx = torch.arange(b, device=frames.device)
+        refs = seg.refs[:, : cfg.num_refs]
+        q = seg.query
+        # res3/res2 are frame-major (all t, then all t+1, then all t'): entry of clip i, frame j is j*B + i
+        r3 = res3[q * b + idx]
+        r2 = res2[q * b + idx]
+        rows = idx[:, None]
+        logits = seg_forward(
+            self.model,
+            ref_images=frames[rows, refs][v], ref_masks=seg.masks[rows, refs][v], ref_keys=keys[rows, refs][v],
+            query_image=frames[idx, q][v], query_key=keys[idx, q][v], res3=r3[v], res2=r2[v],
+            temperature=cfg.seg_temperature, top_k=cfg.seg_top_k,
+        )
+        return seg_loss(logits, seg.masks[idx, q][v])
