@@ -98,15 +98,16 @@ _CLOSE = object()
 
 
 class StreamSession:
-    """One open Track stream. send() queues a frame (blocking when `window` frames are already
-    queued); receive() returns the next answer in order. Not thread-safe per direction, but
+    """One open Track stream. send() queues a frame, blocking while `window` frames are sent but
+    not yet answered; receive() returns the next answer in order. Not thread-safe per direction, but
     send and receive may run on two threads."""
 
     def __init__(self, stub: pb_grpc.TrackingStub, settings: pb.SessionSettings, image_format: str,
                  jpeg_quality: int, window: int, metadata: list[tuple[str, str]], timeout: float | None) -> None:
         self._settings = settings
         self._format, self._quality = codec.IMAGE_FORMATS[image_format], jpeg_quality
-        self._requests: queue.Queue[Any] = queue.Queue(maxsize=max(1, window))
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._window = threading.Semaphore(max(1, window))  # frames sent but not yet answered
         self._sent_at: deque[float] = deque()
         self._sent = 0
         self._closed = False
@@ -138,14 +139,11 @@ class StreamSession:
         """Queue a raw TrackRequest as is (for tests and tools)."""
         if self._closed:
             raise MevosError("the session is closed for sending")
-        while True:
-            try:
-                self._requests.put(req, timeout=0.1)
-                break
-            except queue.Full:
-                if self._call.done():  # the server ended the stream: receive() reports why
-                    return
+        while not self._window.acquire(timeout=0.1):
+            if self._call.done():  # the server ended the stream: receive() reports why
+                return
         self._sent_at.append(time.perf_counter())
+        self._requests.put(req)
         self._sent += 1
 
     def close_send(self) -> None:
@@ -161,6 +159,7 @@ class StreamSession:
             r = next(self._call)
         except grpc.RpcError as exc:
             raise ClientError.from_rpc(exc) from None
+        self._window.release()
         sent = self._sent_at.popleft() if self._sent_at else None
         return TrackResult.from_proto(r, None if sent is None else time.perf_counter() - sent)
 

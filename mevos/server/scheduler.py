@@ -3,7 +3,8 @@
 Each session's Tracker runs in its own thread against a `SessionBackend`: a Backend whose
 encode_key / encode_value / decode calls are queued here and run by one worker thread, which
 gathers calls of the same stage and shape from different sessions into one batched call (at most
-`max_batch` calls, waiting at most `max_wait_s` for sessions that are mid-frame to join). The
+`max_batch` calls, waiting at most `max_wait_s` for sessions that are mid-frame to join; the
+largest compatible group runs first, so sessions that drifted apart fall back into step). The
 Tracker is unchanged, and the backend is only ever called from one thread (TensorRT execution
 contexts and CUDA streams are not thread-safe).
 
@@ -31,6 +32,7 @@ from mevos.model.config import ModelConfig
 from mevos.runtime.backend import Backend
 
 OPS = ("encode_key", "encode_value", "decode")
+STARVATION = 4  # a call never waits longer than about this many max_wait_s for other groups
 
 
 @dataclass
@@ -128,11 +130,23 @@ class Scheduler:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            key = self._pending[0].key
-            batch = [c for c in self._pending if c.key == key][: self.max_batch]
+            batch = self._pick(self._pending)
             taken = {id(c) for c in batch}
             self._pending = [c for c in self._pending if id(c) not in taken]
             return batch
+
+    def _pick(self, pending: list[_Call]) -> list[_Call]:
+        """The largest group of compatible calls (oldest first among equals); a call that has
+        waited past STARVATION x max_wait goes first whatever its group's size."""
+        oldest = pending[0]
+        if time.perf_counter() - oldest.submitted > STARVATION * self.max_wait_s:
+            key = oldest.key
+        else:
+            groups: dict[tuple[Any, ...], int] = {}
+            for c in pending:
+                groups[c.key] = groups.get(c.key, 0) + 1
+            key = max(groups, key=lambda k: groups[k])  # dicts keep insertion order: ties go to the oldest
+        return [c for c in pending if c.key == key][: self.max_batch]
 
     def _run(self) -> None:
         while True:
