@@ -1,18 +1,54 @@
-"""`make demo`: segment a generated video end to end and report J&F and FPS.
+"""`make demo`: segment a generated video end to end through the gRPC server, report J&F and FPS.
 
 The embedded default data is a seeded synthetic video (textured objects that move, scale and
 occlude each other) with exact ground truth, so the demo needs no download and scores itself.
-Writes the frames, the masks (palette PNGs) and an overlay video under --out.
+It starts `mevos serve` in the background on a free loopback port, waits until its health check
+says SERVING, streams the video through the Python client (mevos.client), and stops the server
+(SIGTERM) when done, also on errors. Writes the frames, the masks (palette PNGs), an overlay
+video and the server's log under --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def background_server(checkpoint: str | None, log_path: Path, timeout: float = 120.0) -> Iterator[str]:
+    """`mevos serve` on a free loopback port for the duration of the block; yields HOST:PORT.
+    The server gets SIGTERM (then SIGKILL after 30 s) on the way out, whatever happened."""
+    with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log:
+        port_file = Path(tmp) / "port"
+        cmd = [sys.executable, "-m", "mevos", "serve", "--host", "127.0.0.1", "--port", "0",
+               "--port-file", str(port_file), "--metrics-port", "0", "--log-format", "text"]
+        if checkpoint:
+            cmd += ["--model", checkpoint]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while not port_file.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"demo: the server did not start; see {log_path}")
+                time.sleep(0.1)
+            yield f"127.0.0.1:{port_file.read_text().strip()}"
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     from mevos.data.palette import write_label_png
     from mevos.data.synthetic import SyntheticConfig, generate, write_synthetic
     from mevos.data.video import VideoWriter
+    from mevos.client import TrackingClient
     from mevos.eval.evaluate import GlobalScores, baseline_sequence, evaluate_sequence
-    from mevos.runtime.backend import create_backend
-    from mevos.runtime.tracker import Tracker, TrackerConfig
-    from mevos.runtime.weights import describe_weights
     from mevos.runtime.cli import finish_output, prepare_output
+    from mevos.runtime.weights import describe_weights
 
     video = generate(SyntheticConfig(num_frames=args.frames, num_objects=args.objects, seed=args.seed, name="demo"))
     out = Path(args.out)
@@ -46,16 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: synthetic video, {len(video.frames)} frames {video.frames[0].shape[1]}x{video.frames[0].shape[0]}, "
           f"{video.num_objects} objects, seed {args.seed}")
 
-    tracker = Tracker(create_backend("torch", args.checkpoint), TrackerConfig())
     preds = []
-    t0 = time.perf_counter()
-    with VideoWriter(tmp / "overlay.mp4", fps=12.0) as writer:
-        for i, frame in enumerate(tqdm(video.frames, unit="frame", desc="demo", file=sys.stderr)):
-            result = tracker.step(frame, masks=video.labels[0] if i == 0 else None)
-            preds.append(result.labels)
-            write_label_png(tmp / "masks" / f"{i:05d}.png", result.labels)
-            writer.write(overlay(frame, result.labels))
-    seconds = time.perf_counter() - t0
+    with background_server(args.checkpoint, tmp / "server.log") as target, TrackingClient(target) as client:
+        client.wait_ready(timeout=60)
+        device = client.server_info().device
+        print(f"demo: streaming through mevos serve at {target} (gRPC)", file=sys.stderr)
+        t0 = time.perf_counter()
+        with VideoWriter(tmp / "overlay.mp4", fps=12.0) as writer:
+            # PNG frames are lossless, so the server segments exactly the generated pixels.
+            results = client.track(video.frames, video.labels[0], image_format="png", encoding="rle")
+            for result in tqdm(results, total=len(video.frames), unit="frame", desc="demo", file=sys.stderr):
+                i = result.index
+                preds.append(result.labels)
+                write_label_png(tmp / "masks" / f"{i:05d}.png", result.labels)
+                writer.write(overlay(video.frames[i], result.labels))
+        seconds = time.perf_counter() - t0
     finish_output(tmp, out)
 
     gt = np.stack(video.labels)
@@ -63,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     base = GlobalScores.of(baseline_sequence(gt, name="demo"))
     print(f"demo: J&F {method.JF_mean:.3f} (J {method.J_mean:.3f}, F {method.F_mean:.3f}); "
           f"copy-first-mask baseline J&F {base.JF_mean:.3f}")
-    print(f"demo: {len(preds)} frames in {seconds:.1f} s = {len(preds) / seconds:.1f} FPS on {tracker.backend.device}")
+    print(f"demo: {len(preds)} frames in {seconds:.1f} s = {len(preds) / seconds:.1f} FPS on {device}")
     print(f"demo: masks in {out / 'masks'}, overlay video {out / 'overlay.mp4'}, input frames in {out / 'input'}")
     return 0
 
