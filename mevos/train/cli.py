@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--rank-weights", action="store_true",
+                        help="every process also writes its final weights to OUT/rank<r>.pt (to check they agree)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             command="mevos train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"]
             else "mevos train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             export=Path(args.export) if args.export else None, threads=args.threads,
+            rank_weights=args.rank_weights,
         )
         trainer = Trainer(config, args.data, options, resume=resume, init=args.init, device=args.device)
         if trainer.rank == 0:

@@ -49,6 +49,7 @@ class RunOptions:
     command: str = ""
     export: Path | None = None  # where the final weights (no training state) also go
     threads: int | None = None
+    rank_weights: bool = False  # every process writes its final weights to out/rank<r>.pt (to compare them)
 
 
 @dataclass
@@ -348,6 +349,11 @@ class Trainer:
             if opt.davis and opt.eval_every and self.state.epoch % opt.eval_every == 0 and self.state.epoch < cfg.epochs:
                 self.evaluate()
         final = self.save("final.pt", with_state=False)
+        if opt.rank_weights:
+            from mevos.model.checkpoint import atomic_torch_save
+
+            atomic_torch_save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                              opt.out / f"rank{self.rank}.pt")
         if opt.export is not None and self.rank == 0:
             save_checkpoint(opt.export, self.model, self.metadata())
         if opt.davis:
@@ -363,6 +369,11 @@ class Trainer:
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.world > 1:
+            # DDP syncs BatchNorm statistics at the start of a forward; after the last one they differ
+            # per process, and clustering and checkpoints read them: take rank 0's everywhere.
+            for buf in self.model.buffers():
+                dist.broadcast(buf, 0)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def evaluate(self) -> dict[str, Any] | None:
