@@ -146,7 +146,7 @@ def decode_label_map(msg: pb.LabelMap, max_side: int | None = None, what: str = 
     if msg.encoding == pb.MASK_ENCODING_RAW:
         if len(msg.data) != w * h:
             raise CodecError(f"{what}: raw label map of {w}x{h} needs {w * h} bytes, got {len(msg.data)}")
-        return np.frombuffer(msg.data, dtype=np.uint8).reshape(h, w)
+        return np.frombuffer(msg.data, dtype=np.uint8).reshape(h, w).copy()  # writable, like the others
     if msg.encoding == pb.MASK_ENCODING_RLE:
         return rle_decode(msg.data, h, w, what)
     if msg.encoding != pb.MASK_ENCODING_PNG:
