@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("mevos.export.cli", "export a checkpoint to ONNX graphs and TensorRT engines"),
     "serve": ("mevos.server.cli", "serve tracking sessions over gRPC"),
     "stream": ("mevos.client.cli", "stream a video to a mevos server and write the masks it returns"),
+    "bench": ("mevos.bench.cli", "measure latency and FPS of each stage and backend"),
 }
 
 

@@ -1,0 +1,71 @@
+"""End-to-end FPS: the real Tracker (or the GPU fast path) over the synthetic video.
+
+The first `mem_frames + 2` frames are warm-up (the memory fills up and every shape has been
+seen once); the FPS is over the frames after them, with the memory full, so it is the
+steady-state rate of a long stream. A frame's time covers everything Tracker.step does: upload,
+the three networks, the memory read and write, and the label map back on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from mevos.bench.measure import Meters, clock, summarize
+from mevos.kernels import ops, reference
+from mevos.runtime import memory as memory_module
+from mevos.runtime.backend import Backend
+from mevos.runtime.tracker import Tracker, TrackerConfig
+
+
+def warmup_frames(mem_frames: int) -> int:
+    """Frames before the timed ones: the first frame, mem_frames to fill the ring, one more."""
+    return mem_frames + 2
+
+
+def _dense_topk(query: Any, memory: Any, **kw: Any) -> Any:
+    kw.pop("chunk_size", None)
+    return reference.dense_topk_affinity(query, memory, **kw)
+
+
+@contextlib.contextmanager
+def dense_affinity() -> Iterator[None]:
+    """Within the block the tracker's memory reads use the dense (materialised) affinity: the
+    paper's code path. The memory module looks `ops` up at every call, so swapping it for a
+    namespace with the dense top-k changes nothing else; it is restored on exit."""
+    original = memory_module.ops
+    memory_module.ops = types.SimpleNamespace(topk_affinity=_dense_topk, readout=ops.readout)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        memory_module.ops = original
+
+
+def run_tracker(backend: Backend, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray,
+                warmup: int, dense: bool = False) -> dict[str, Any]:
+    """Track `frames` with a fresh Tracker; time every frame after `warmup`. Returns fps,
+    ms_per_frame statistics, frame counts and peak memory."""
+    if warmup >= len(frames):
+        raise ValueError(f"{len(frames)} frames leave none to time after {warmup} warm-up frames")
+    dev = backend.device
+    tracker = Tracker(backend, config)
+    ms: list[float] = []
+    with contextlib.ExitStack() as stack:
+        if dense:
+            stack.enter_context(dense_affinity())
+        for i in range(warmup):
+            tracker.step(frames[i], masks=first_mask if i == 0 else None)
+        with Meters(dev) as meters:
+            start = clock(dev)
+            for i in range(warmup, len(frames)):
+                t0 = clock(dev)
+                tracker.step(frames[i], masks=first_mask if i == 0 else None)
+                ms.append((clock(dev) - t0) * 1e3)
+            total = clock(dev) - start
+    timed = len(frames) - warmup
+    return {"frames_warmup": warmup, "frames_timed": timed, "fps": timed / total, "ms_per_frame": summarize(ms),
+            **meters.memory()}

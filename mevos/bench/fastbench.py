@@ -1,0 +1,139 @@
+"""Measurements of the GPU fast path (mevos.bench.fast): throughput, per-stage breakdown, host
+synchronisations per frame, and its J&F against the fp32 baseline on DAVIS."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mevos.bench.endtoend import dense_affinity
+from mevos.bench.fast import STAGES, FastOptions, FastTracker
+from mevos.bench.measure import Meters, clock, summarize
+from mevos.model.network import MevosNet
+from mevos.runtime.backend import TorchBackend
+from mevos.runtime.tracker import Tracker, TrackerConfig
+
+GOAL_FPS = 200.0
+JF_TOLERANCE = 0.005
+
+
+def _fresh(model: MevosNet, config: TrackerConfig, device: torch.device, options: FastOptions) -> FastTracker:
+    return FastTracker(model, config, device=device, options=options)
+
+
+def _warm(fast: FastTracker, frames: list[np.ndarray], first_mask: np.ndarray, warmup: int) -> None:
+    prev = fast.step(frames[0], masks=first_mask)
+    for i in range(1, warmup):
+        cur = fast.step(frames[i])
+        prev.labels()
+        prev = cur
+    prev.labels()
+
+
+def run_fast(model: MevosNet, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray,
+             warmup: int, device: torch.device, options: FastOptions | None = None) -> dict[str, Any]:
+    """Pipelined throughput: frame t is queued before frame t-1's labels are read."""
+    options = options or FastOptions()
+    fast = _fresh(model, config, device, options)
+    _warm(fast, frames, first_mask, warmup)
+    with Meters(device) as meters:
+        start = clock(device)
+        prev = None
+        for i in range(warmup, len(frames)):
+            cur = fast.step(frames[i])
+            if prev is not None:
+                prev.labels()
+            prev = cur
+        if prev is not None:
+            prev.labels()
+        total = clock(device) - start
+    timed = len(frames) - warmup
+    return {"frames_warmup": warmup, "frames_timed": timed, "fps": timed / total,
+            "ms_per_frame": {"mean": total / timed * 1e3}, "cuda_graphs": fast.graphs_active,
+            "graph_error": fast.graph_error, "options": options.__dict__, **meters.memory()}
+
+
+def profile_fast(model: MevosNet, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray,
+                 warmup: int, repeat: int, device: torch.device, options: FastOptions | None = None
+                 ) -> dict[str, Any]:
+    """Per-stage milliseconds (device synchronised at each stage boundary), and the host
+    synchronisations torch reports per frame in an unprofiled pass (set_sync_debug_mode)."""
+    options = options or FastOptions()
+    fast = _fresh(model, config, device, options)
+    _warm(fast, frames, first_mask, warmup)
+    per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+    n = 0
+    for i in range(warmup, len(frames)):
+        if n >= repeat:
+            break
+        prof: dict[str, float] = {}
+        fast.step(frames[i], profile=prof).labels()
+        for s in STAGES:
+            per_stage[s].append(prof.get(s, 0.0))
+        n += 1
+    syncs = _count_syncs(fast, frames[warmup:warmup + min(repeat, 10)])
+    return {"stages_ms": {s: summarize(v) for s, v in per_stage.items()},
+            "frame_ms": float(sum(float(summarize(v)["median"]) for v in per_stage.values())),
+            "host_syncs_per_frame": syncs, "cuda_graphs": fast.graphs_active}
+
+
+def _count_syncs(fast: FastTracker, frames: list[np.ndarray]) -> float | None:
+    if not frames:
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            results = [fast.step(f) for f in frames]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for r in results:
+        r.labels()
+    hits = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    return len(hits) / len(frames)
+
+
+def jf_parity(model: MevosNet, config: TrackerConfig, davis: Path, sequences: tuple[str, ...],
+              device: torch.device) -> dict[str, Any]:
+    """J&F (official protocol) of the fp32 baseline (torch fp32, dense affinity) and of the fast
+    path over DAVIS sequences, their difference, and the fraction of pixels they label alike."""
+    from mevos.data.davis import DavisFolder
+    from mevos.eval.evaluate import GlobalScores, evaluate_sequence
+
+    folder = DavisFolder(davis)
+    seqs = list(sequences) or folder.sequences
+    reference_backend = TorchBackend(model, device=device, precision="fp32")
+    ref_scores, fast_scores, agree, t0 = [], [], [], time.perf_counter()
+    for seq in seqs:
+        frames = list(folder.frames(seq))
+        first = folder.first_mask(seq)
+        gt = np.stack(list(folder.masks(seq)))
+        tracker = Tracker(reference_backend, config)
+        with dense_affinity():
+            ref = np.stack([tracker.step(f, masks=first if i == 0 else None).labels for i, f in enumerate(frames)])
+        fast = FastTracker(model, config, device=device)
+        pending = [fast.step(f, masks=first if i == 0 else None) for i, f in enumerate(frames[:1])]
+        out = [pending[0].labels()]
+        prev = None
+        for f in frames[1:]:
+            cur = fast.step(f)
+            if prev is not None:
+                out.append(prev.labels())
+            prev = cur
+        if prev is not None:
+            out.append(prev.labels())
+        got = np.stack(out)
+        ref_scores += evaluate_sequence(gt, ref, name=seq)
+        fast_scores += evaluate_sequence(gt, got, name=seq)
+        agree.append(float((ref == got).mean()))
+    r, f = GlobalScores.of(ref_scores), GlobalScores.of(fast_scores)
+    delta = f.JF_mean - r.JF_mean
+    return {"status": "ok", "davis": str(davis), "sequences": seqs, "reference": "torch fp32, dense affinity",
+            "jf_reference": r.JF_mean, "jf_fast": f.JF_mean, "jf_delta": delta, "tolerance": JF_TOLERANCE,
+            "within_tolerance": abs(delta) <= JF_TOLERANCE, "pixel_agreement": float(np.mean(agree)),
+            "seconds": time.perf_counter() - t0}
