@@ -18,12 +18,19 @@ import itertools
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from mevos.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mevos.errors import require
+
+    require("grpc", "serve", "mevos stream", package="grpcio")
+    require("google.protobuf", "serve", "mevos stream", package="protobuf")
     parser.add_argument("source", help="folder of frames (sorted by name) or a video file")
     parser.add_argument("--mask", required=True, help="label PNG of the first frame (0 = background, 1..255 = objects)")
     parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server (default 127.0.0.1:50051)")
@@ -81,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
     total = source.num_frames if args.max_frames is None else min(args.max_frames, source.num_frames or args.max_frames)
     # Frames the sender has read, kept until their mask arrives (for the overlay): at most the
     # in-flight window, since the server answers in order.
-    pending: dict[int, object] = {}
+    pending: dict[int, np.ndarray] = {}
     frames = itertools.islice(source, args.max_frames)
 
-    def remember() -> object:
+    def remember() -> Iterator[np.ndarray]:
         for i, frame in enumerate(frames):
             if writer is not None:
                 pending[i] = frame

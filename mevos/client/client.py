@@ -22,14 +22,15 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from mevos.errors import MevosError, require
 from mevos.proto import codec
 
-grpc = require("grpc", "serve", "the gRPC client", package="grpcio")
+require("grpc", "serve", "the gRPC client", package="grpcio")
+import grpc  # noqa: E402
 
 from mevos.proto.mevos.v1 import tracking_pb2 as pb  # noqa: E402
 from mevos.proto.mevos.v1 import tracking_pb2_grpc as pb_grpc  # noqa: E402
@@ -85,7 +86,8 @@ def make_settings(settings: Mapping[str, Any] | pb.SessionSettings | None = None
     """SessionSettings from a dict of SETTING_FIELDS (None values are left unset)."""
     if isinstance(settings, pb.SessionSettings):
         return settings
-    s = pb.SessionSettings(mask_encoding=codec.MASK_ENCODINGS[encoding], client_tag=client_tag)
+    s = pb.SessionSettings(mask_encoding=cast(pb.MaskEncoding.ValueType, codec.MASK_ENCODINGS[encoding]),
+                           client_tag=client_tag)
     for k, v in (settings or {}).items():
         if k not in SETTING_FIELDS:
             raise MevosError(f"unknown session setting {k!r}; known: {', '.join(SETTING_FIELDS)}")

@@ -9,14 +9,17 @@ says what was wrong.
 from __future__ import annotations
 
 import io
+from typing import cast
 
 import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from mevos.data.palette import PALETTE
-from mevos.errors import InputError
-from mevos.proto.mevos.v1 import tracking_pb2 as pb
+from mevos.errors import InputError, require
+
+require("google.protobuf", "serve", "the mevos wire format", package="protobuf")
+from mevos.proto.mevos.v1 import tracking_pb2 as pb  # noqa: E402
 
 #: user-facing names of the enums (CLI options, docs)
 IMAGE_FORMATS: dict[str, int] = {"jpeg": pb.IMAGE_FORMAT_JPEG, "png": pb.IMAGE_FORMAT_PNG, "raw": pb.IMAGE_FORMAT_RAW_RGB}
@@ -58,7 +61,7 @@ def encode_image(frame: np.ndarray, fmt: int | str = "jpeg", quality: int = 90) 
         data = buf.getvalue()
     else:
         raise InputError(f"unknown image format {fmt!r}")
-    return pb.Image(format=f, data=data, width=w, height=h)
+    return pb.Image(format=cast(pb.ImageFormat.ValueType, f), data=data, width=w, height=h)
 
 
 def decode_image(msg: pb.Image, max_side: int | None = None, what: str = "frame") -> np.ndarray:
@@ -136,7 +139,7 @@ def encode_label_map(labels: np.ndarray, encoding: int | str = "png") -> pb.Labe
         data = buf.getvalue()
     else:
         raise InputError(f"unknown mask encoding {encoding!r}")
-    return pb.LabelMap(encoding=enc, data=data, width=w, height=h)
+    return pb.LabelMap(encoding=cast(pb.MaskEncoding.ValueType, enc), data=data, width=w, height=h)
 
 
 def decode_label_map(msg: pb.LabelMap, max_side: int | None = None, what: str = "masks") -> np.ndarray:

@@ -20,6 +20,11 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mevos.errors import require
+
+    for module, package in (("grpc", "grpcio"), ("google.protobuf", "protobuf"), ("grpc_health", "grpcio-health-checking"),
+                            ("grpc_reflection", "grpcio-reflection"), ("prometheus_client", "prometheus-client")):
+        require(module, "serve", "mevos serve", package=package)
     from mevos.runtime.options import add_model_arguments, add_tracker_arguments
     from mevos.server.limits import Limits
 

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -75,7 +76,7 @@ class TrackingServicer(pb_grpc.TrackingServicer):
         self.draining = threading.Event()
         self.log: logging.Logger = LOGGER
 
-    def _reject(self, context: grpc.ServicerContext, code: str, message: str, **fields: object) -> None:
+    def _reject(self, context: grpc.ServicerContext, code: str, message: str, **fields: Any) -> None:
         self.metrics.errors.labels(code).inc()
         log_event(self.log, "rejected", logging.WARNING, code=code, message=message, **fields)
         context.abort(getattr(grpc.StatusCode, code), message)
@@ -108,7 +109,8 @@ class TrackingServicer(pb_grpc.TrackingServicer):
             if self.sessions.release(sid):
                 self.metrics.sessions_active.set(self.sessions.active)
 
-        context.add_callback(ended)
+        if not context.add_callback(ended):  # the call already ended before we got here
+            ended()
         self.metrics.sessions_active.set(self.sessions.active)
         run.start()
         t_start, code, frames, session = time.perf_counter(), "CANCELLED", 0, None
@@ -154,4 +156,4 @@ class TrackingServicer(pb_grpc.TrackingServicer):
             ended()
             self.metrics.sessions.labels(code).inc()
             log_event(self.log, "session_end", session=sid, code=code, frames=frames,
-                      seconds=round(time.perf_counter() - t_start, 3), **({"message": message} if message else {}))
+                      seconds=round(time.perf_counter() - t_start, 3), message=message)

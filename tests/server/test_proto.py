@@ -15,10 +15,35 @@ from mevos.proto.mevos.v1 import tracking_pb2 as pb
 def test_generated_code_is_fresh() -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (dev extra) is not installed")
     pytest.importorskip("mypy_protobuf", reason="mypy-protobuf (dev extra) is not installed")
+    import grpc_tools
+
     from mevos.proto import regenerate
+    from mevos.proto.mevos.v1 import tracking_pb2_grpc
 
     stale = regenerate.stale_files()
-    assert not stale, f"generated code is stale: {stale}; run `python -m mevos.proto.regenerate` and commit"
+    tools = getattr(grpc_tools, "__version__", None) or _dist_version("grpcio-tools")
+    assert not stale, (
+        f"generated code is stale: {stale}; run `python -m mevos.proto.regenerate` and commit "
+        f"(committed code was made by grpcio-tools {tracking_pb2_grpc.GRPC_GENERATED_VERSION}, installed: {tools})"
+    )
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+@pytest.mark.parametrize("command", ["serve", "stream"])
+def test_commands_name_the_extra_when_grpc_is_missing(command: str) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['grpc'] = None; sys.modules['google.protobuf'] = None; "
+            f"import mevos; from mevos.cli import main; sys.exit(main(['{command}', '--help']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "pip install 'mevos[serve]'" in done.stderr
 
 
 def test_generated_imports_are_package_relative() -> None:

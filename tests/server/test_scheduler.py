@@ -88,3 +88,19 @@ def test_parallel_sessions_batch_and_match_in_process(backend, video, plain_refe
         for got, want in zip(labels, expected):
             # Batched convolutions may differ from single ones in the last float bits.
             assert (got == want).mean() > 0.999
+
+
+def test_largest_group_goes_first_unless_a_call_starves(backend) -> None:  # noqa: ANN001
+    from mevos.server.scheduler import STARVATION, _Call, _signature
+
+    sched = Scheduler(backend, max_batch=8, max_wait_s=0.01)
+    try:
+        small, large = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 32, 32)
+        a = _Call("encode_key", (small,), 1, _signature("encode_key", (small,)))
+        b = _Call("encode_key", (large,), 1, _signature("encode_key", (large,)))
+        c = _Call("encode_key", (large,), 1, _signature("encode_key", (large,)))
+        assert sched._pick([a, b, c]) == [b, c]
+        a.submitted -= 2 * STARVATION * sched.max_wait_s
+        assert sched._pick([a, b, c]) == [a]
+    finally:
+        sched.close()
