@@ -139,6 +139,9 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
         if threads:
             options.intra_op_num_threads = threads
+        # ORT's threads spin after each run by default; torch's ops between the graphs (the memory
+        # read, soft aggregation) then fight them for the cores and run several times slower.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=self._provider_list(fp16))
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
