@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag", default=None, help="file name part (default: <plan>_<device>)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights to run (default: the default weights for small, seeded weights otherwise)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of torch and ONNX Runtime (default: 1 for --quick, else the libraries' "
+                             "choice; 0 = the libraries' choice)")
     g = parser.add_argument_group("grid (override the plan)")
     g.add_argument("--presets", type=_names, default=None, help="model presets, e.g. small,r18")
     g.add_argument("--resolutions", type=_names, default=None, help="e.g. 240p,480p,720p or WxH")
@@ -103,6 +105,10 @@ def _plan(args: argparse.Namespace):  # noqa: ANN202
                          ("fast_frames", args.fast_frames)):
         if value is not None:
             changes[field] = value
+    if args.threads is not None:
+        if args.threads < 0:
+            raise UsageError("--threads must be >= 0")
+        changes["threads"] = args.threads or None
     if args.resolutions is not None:
         changes["e2e_resolutions"] = tuple(r for r in plan.e2e_resolutions if r in args.resolutions) or \
             args.resolutions[:1]
@@ -134,10 +140,6 @@ def run(args: argparse.Namespace) -> int:
     from mevos.bench.runner import Runner
 
     plan = _plan(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():

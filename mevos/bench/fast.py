@@ -25,7 +25,9 @@ run differently:
 Limits, by design: one frame size and one set of objects, fixed by the first frame (no objects
 added, corrected or removed later), frames processed at their own resolution (no short_side),
 at most HOST_SLOTS - 1 results outstanding. Everything else is the regular Tracker's job.
-Without CUDA, constructing one raises UsageError saying so.
+Without CUDA, constructing one raises UsageError saying so, except with every CUDA feature
+switched off (FastOptions.eager_cpu()): the same code then runs eagerly in fp32 on the CPU,
+which is how the tests check its math against the Tracker's on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ class FastOptions:
     cuda_graphs: bool = True
     pinned_uploads: bool = True
     channels_last: bool = True
+
+    @property
+    def needs_cuda(self) -> bool:
+        return self.fp16 or self.cuda_graphs or self.pinned_uploads
+
+    @classmethod
+    def eager_cpu(cls) -> FastOptions:
+        """Every CUDA feature off: fp32, eager, pageable, contiguous (runs on the CPU too)."""
+        return cls(fp16=False, cuda_graphs=False, pinned_uploads=False, channels_last=False)
 
 
 class FastResult:
@@ -116,23 +127,24 @@ class FastTracker:
 
     def __init__(self, model: MevosNet, config: TrackerConfig | None = None, device: str | torch.device = "cuda",
                  options: FastOptions | None = None) -> None:
-        reason = cuda_unavailable()
+        self.options = options or FastOptions()
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        reason = cuda_unavailable() if self.cuda or self.options.needs_cuda else None
         if reason:
             raise UsageError(f"the GPU fast path {reason}; use mevos.runtime.Tracker on the CPU")
+        if not self.cuda and self.options.needs_cuda:
+            raise UsageError(f"fp16, CUDA graphs and pinned uploads need a CUDA device, not {self.device}")
         self.config = config or TrackerConfig()
         if self.config.short_side is not None:
             raise UsageError("the fast path runs frames at their own size; resize them first (short_side=None)")
-        self.options = options or FastOptions()
-        self.device = torch.device(device)
-        if self.device.type != "cuda":
-            raise UsageError(f"the fast path runs on a CUDA device, not {self.device}")
-        if self.device.index is None:
+        if self.cuda and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = torch.float16 if self.options.fp16 else torch.float32
         fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
         self.model = copy.deepcopy(model).to(self.device, self.dtype).to(memory_format=fmt).eval()
         torch.backends.cudnn.benchmark = True
-        self.copy_stream = torch.cuda.Stream(self.device)
+        self.copy_stream = torch.cuda.Stream(self.device) if self.options.pinned_uploads else None
         self.graph_error: str | None = None
         self.frame_index = 0
         self._started = False
@@ -158,8 +170,8 @@ class FastTracker:
         pin = self.options.pinned_uploads
         self.host_in = [torch.empty(*size, 3, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
         self.dev_in = [torch.empty(*size, 3, dtype=torch.uint8, device=dev) for _ in range(2)]
-        self.uploaded = [torch.cuda.Event() for _ in range(2)]
-        self.consumed = [torch.cuda.Event() for _ in range(2)]
+        self.uploaded = [torch.cuda.Event() for _ in range(2)] if pin else []
+        self.consumed = [torch.cuda.Event() for _ in range(2)] if pin else []
         self.in_slot = 0
         self.frame_u8 = torch.zeros(*size, 3, dtype=torch.uint8, device=dev)
         self.rd_values = torch.zeros(self.P, self.O * mc.value_dim, device=dev)
@@ -167,7 +179,7 @@ class FastTracker:
         self.probs = torch.zeros(self.O, 1, *self.geo.padded, device=dev)
         self.lut = torch.tensor([0, *object_ids], dtype=torch.uint8, device=dev)
         self.host_out = [torch.empty(*size, dtype=torch.uint8, pin_memory=pin) for _ in range(HOST_SLOTS)]
-        self.out_events = [torch.cuda.Event() for _ in range(HOST_SLOTS)]
+        self.out_events = [torch.cuda.Event() for _ in range(HOST_SLOTS)] if self.cuda else []
         self.key_stage = _Stage("encode_key", self._encode_key)
         self.refine_stage = _Stage("refine", self._refine)
         self.memory_stage = _Stage("memory_write", self._encode_memory)
@@ -237,8 +249,8 @@ class FastTracker:
     def _upload(self, frame: np.ndarray) -> None:
         s = self.in_slot
         self.in_slot ^= 1
-        cur = torch.cuda.current_stream(self.device)
-        if self.options.pinned_uploads:
+        if self.copy_stream is not None:
+            cur = torch.cuda.current_stream(self.device)
             self.uploaded[s].synchronize()  # the copy from this buffer two frames ago is done
             np.copyto(self.host_in[s].numpy(), frame)
             with torch.cuda.stream(self.copy_stream):
@@ -249,7 +261,7 @@ class FastTracker:
             self.frame_u8.copy_(self.dev_in[s])
             self.consumed[s].record(cur)
         else:
-            self.frame_u8.copy_(torch.from_numpy(np.ascontiguousarray(frame)))
+            self.frame_u8.copy_(torch.from_numpy(np.require(frame, requirements=("C", "W"))))
 
     def _read_memory(self) -> None:
         n, cfg = self.used, self.config
@@ -279,16 +291,23 @@ class FastTracker:
 
     def _finish(self, labels: Tensor) -> FastResult:
         i = self.frame_index % HOST_SLOTS
-        self.host_out[i].copy_(labels, non_blocking=True)
-        self.out_events[i].record(torch.cuda.current_stream(self.device))
-        result = FastResult(self.frame_index, self.host_out[i], self.out_events[i])
+        self.host_out[i].copy_(labels, non_blocking=self.cuda)
+        event = None
+        if self.cuda:
+            event = self.out_events[i]
+            event.record(torch.cuda.current_stream(self.device))
+        result = FastResult(self.frame_index, self.host_out[i], event)
         self.frame_index += 1
         return result
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
 
     def _mark(self, stage: str) -> None:
         """With a profile dict: synchronise and charge the time since the last mark to `stage`."""
         if self._profile is not None:
-            torch.cuda.synchronize(self.device)
+            self._sync()
             now = time.perf_counter()
             self._profile[stage] = self._profile.get(stage, 0.0) + (now - self._last) * 1e3
             self._last = now
@@ -302,7 +321,7 @@ class FastTracker:
         milliseconds are added to it (a breakdown run; leave None for throughput)."""
         self._profile = profile
         if profile is not None:
-            torch.cuda.synchronize(self.device)
+            self._sync()
             self._last = time.perf_counter()
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:

@@ -76,7 +76,7 @@ def profile_fast(model: MevosNet, config: TrackerConfig, frames: list[np.ndarray
         for s in STAGES:
             per_stage[s].append(prof.get(s, 0.0))
         n += 1
-    syncs = _count_syncs(fast, frames[warmup:warmup + min(repeat, 10)])
+    syncs = _count_syncs(fast, frames[warmup:warmup + min(repeat, 10)]) if device.type == "cuda" else None
     return {"stages_ms": {s: summarize(v) for s, v in per_stage.items()},
             "frame_ms": float(sum(float(summarize(v)["median"]) for v in per_stage.values())),
             "host_syncs_per_frame": syncs, "cuda_graphs": fast.graphs_active}
@@ -99,7 +99,7 @@ def _count_syncs(fast: FastTracker, frames: list[np.ndarray]) -> float | None:
 
 
 def jf_parity(model: MevosNet, config: TrackerConfig, davis: Path, sequences: tuple[str, ...],
-              device: torch.device) -> dict[str, Any]:
+              device: torch.device, options: FastOptions | None = None) -> dict[str, Any]:
     """J&F (official protocol) of the fp32 baseline (torch fp32, dense affinity) and of the fast
     path over DAVIS sequences, their difference, and the fraction of pixels they label alike."""
     from mevos.data.davis import DavisFolder
@@ -116,17 +116,13 @@ def jf_parity(model: MevosNet, config: TrackerConfig, davis: Path, sequences: tu
         tracker = Tracker(reference_backend, config)
         with dense_affinity():
             ref = np.stack([tracker.step(f, masks=first if i == 0 else None).labels for i, f in enumerate(frames)])
-        fast = FastTracker(model, config, device=device)
-        pending = [fast.step(f, masks=first if i == 0 else None) for i, f in enumerate(frames[:1])]
-        out = [pending[0].labels()]
-        prev = None
+        fast = FastTracker(model, config, device=device, options=options)
+        out, prev = [], fast.step(frames[0], masks=first)
         for f in frames[1:]:
             cur = fast.step(f)
-            if prev is not None:
-                out.append(prev.labels())
-            prev = cur
-        if prev is not None:
             out.append(prev.labels())
+            prev = cur
+        out.append(prev.labels())
         got = np.stack(out)
         ref_scores += evaluate_sequence(gt, ref, name=seq)
         fast_scores += evaluate_sequence(gt, got, name=seq)

@@ -73,6 +73,7 @@ class BenchPlan:
     refine_rounds: int = 2
     warmup: int = 2
     repeat: int = 10
+    stage_extra: tuple[tuple[str, int, int], ...] = ()  # (resolution, objects, mem_frames) beyond the product
     e2e_resolutions: tuple[str, ...] = ()
     e2e_objects: tuple[int, ...] = ()
     e2e_mem_frames: tuple[int, ...] = ()
@@ -91,10 +92,15 @@ class BenchPlan:
     fast_frames: int = 200
     jf_check: bool = True
     jf_sequences: tuple[str, ...] = ()  # empty: every sequence of the folder
+    # CPU threads of torch and ONNX Runtime; None = their defaults. On a CPU shared with other
+    # work, one thread: two OpenMP threads that wait at every op's barrier for a descheduled
+    # partner run 10-50x slower than one.
+    threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for r in (*self.resolutions, *self.e2e_resolutions, self.grpc_resolution, self.fast_resolution):
+        for r in (*self.resolutions, *self.e2e_resolutions, self.grpc_resolution, self.fast_resolution,
+                  *(e[0] for e in self.stage_extra)):
             parse_resolution(r)
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
@@ -107,10 +113,23 @@ class BenchPlan:
             raise UsageError("need warmup >= 0, repeat >= 1 and at least one timed frame")
         if self.refine_rounds < 0:
             raise UsageError("refine_rounds must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("threads must be >= 1 (or None for the libraries' defaults)")
+
+    def stage_configs(self) -> dict[tuple[str, int], tuple[int, ...]]:
+        """(resolution, objects) -> memory frame counts: the product grid plus stage_extra."""
+        out: dict[tuple[str, int], set[int]] = {}
+        for r in self.resolutions:
+            for o in self.objects:
+                out.setdefault((r, o), set()).update(self.mem_frames)
+        for r, o, m in self.stage_extra:
+            out.setdefault((r, o), set()).add(m)
+        return {k: tuple(sorted(v)) for k, v in out.items() if v}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
+                for k, v in d.items()}
 
     def replace(self, **changes: Any) -> BenchPlan:
         return dataclasses.replace(self, **changes)
@@ -129,14 +148,15 @@ def full_plan() -> BenchPlan:
 
 
 def quick_plan() -> BenchPlan:
-    """CPU-sized: small preset, 240p, 1/4 objects, 5/20 memory frames, torch and onnxruntime.
-    End-to-end and gRPC at one configuration (240p, 1 object, 5 memory frames)."""
+    """CPU-sized: small preset; stages at 240p x 1/4 objects x 5/20 memory frames plus 480p with
+    1 object and 5 memory frames; end to end at 240p with 1/4 objects and 5 memory frames;
+    torch and onnxruntime against the baseline; gRPC at 240p, 1 object, 5 memory frames."""
     return BenchPlan(
         mode="quick", presets=("small",), resolutions=("240p",), objects=(1, 4), mem_frames=(5, 20),
-        variants=("baseline", "torch", "onnxruntime"), warmup=1, repeat=3,
-        e2e_resolutions=("240p",), e2e_objects=(1,), e2e_mem_frames=(5,), e2e_frames=8,
-        grpc_resolution="240p", grpc_objects=1, grpc_mem_frames=5, grpc_frames=8, grpc_pipelined=False,
-        fast=False, jf_check=False,
+        stage_extra=(("480p", 1, 5),), variants=("baseline", "torch", "onnxruntime"), warmup=2, repeat=5,
+        e2e_resolutions=("240p",), e2e_objects=(1, 4), e2e_mem_frames=(5,), e2e_frames=10,
+        grpc_resolution="240p", grpc_objects=1, grpc_mem_frames=5, grpc_frames=20, grpc_pipelined=True,
+        fast=False, jf_check=False, threads=1,
     )
 
 
@@ -147,7 +167,7 @@ def tiny_plan() -> BenchPlan:
         variants=("baseline", "torch"), refine_rounds=1, warmup=1, repeat=1,
         e2e_resolutions=("64x48",), e2e_objects=(1,), e2e_mem_frames=(2,), e2e_frames=2,
         grpc_resolution="64x48", grpc_objects=1, grpc_mem_frames=2, grpc_frames=2, grpc_pipelined=False,
-        fast=False, jf_check=False,
+        fast=False, jf_check=False, threads=1,
     )
 
 

@@ -116,9 +116,9 @@ def plot_fps(doc: dict[str, Any], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     configs = sorted({(r["preset"], r["objects"], r["mem_frames"]) for r in e2e + stages})
-    cols = min(4, len(configs))
+    cols = min(2, len(configs))
     nrows = math.ceil(len(configs) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 3.6 * nrows), squeeze=False)
     variants = sorted({r["variant"] for r in e2e + stages})
     colors = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
     for ax, (preset, objects, mem) in zip(axes.flat, configs):
@@ -132,6 +132,11 @@ def plot_fps(doc: dict[str, Any], path: Path) -> Path | None:
                             label=f"{v} ({'e2e' if key == 'fps' else 'stages'})")
         ax.set_title(f"{preset}, {objects} object(s), {mem} memory frames", fontsize=9)
         ax.set_yscale("log")
+        from matplotlib.ticker import FormatStrFormatter
+
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=6)
         ax.set_xlabel("resolution")
         ax.set_ylabel("FPS")
         ax.grid(True, which="both", alpha=0.3)
@@ -170,6 +175,8 @@ def _section(doc: dict[str, Any], name: str) -> list[str]:
         f"## {d['name']}{cap} - `{doc['mode']}` run ([{name}]({name}))", "",
         f"- machine: {m['hostname']}, {m['cpu_model']}, {m['cpu_cores']} cores; load average "
         f"{m.get('load_average_start')} at start, {m.get('load_average_end')} at the end",
+        f"- threads: torch {d.get('torch_threads')} (plan: {doc['settings'].get('threads') or 'library default'}); "
+        "weights: " + "; ".join(f"{k}: {w}" for k, w in (doc['settings'].get('weights') or {}).items()),
         f"- versions: python {v['python']}, torch {v['torch']}, onnxruntime {v.get('onnxruntime')}, "
         f"CUDA {v.get('cuda')}, mevos {v['mevos']}",
         f"- command: `{' '.join(doc['command'])}` ({doc['wall_seconds']:.0f} s wall), {doc['created']}",

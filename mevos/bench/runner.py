@@ -116,14 +116,23 @@ class Runner:
             if key not in made:
                 t = time.perf_counter()
                 try:
-                    made[key] = create_backend(v.backend, self.models.path(preset), device=str(self.device),
-                                               precision=v.precision)
+                    made[key] = self._create(v, preset)
                 except _UNAVAILABLE as exc:
                     self._skip(name, preset, f"{type(exc).__name__}: {exc}")
                     continue
                 self.log(f"{preset}: backend {v.backend} ({key[1]}) ready in {time.perf_counter() - t:.1f} s")
             out[name] = made[key]
         return out
+
+    def _create(self, v: Variant, preset: str) -> Backend:
+        path = self.models.path(preset)
+        if v.backend == "onnxruntime" and self.plan.threads is not None:
+            from mevos.export.onnx import resolve_export
+            from mevos.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            return OnnxRuntimeBackend(resolve_export(path), device=str(self.device), precision=v.precision,
+                                      threads=self.plan.threads)
+        return create_backend(v.backend, path, device=str(self.device), precision=v.precision)
 
     def _skip(self, variant: str, preset: str, reason: str) -> None:
         self.skipped.append({"variant": variant, "preset": preset, "reason": reason})
@@ -147,62 +156,62 @@ class Runner:
         plan, dev = self.plan, self.device
         affinity = AffinityConfig()
         filler = self._filler(preset, backends)
-        t_max = 1 + max(plan.mem_frames)
         rows: list[dict[str, Any]] = []
         net_cache: dict[tuple[Any, ...], tuple[dict[str, list[float]], dict[str, Any]]] = {}
         mem_cache: dict[tuple[Any, ...], tuple[dict[str, list[float]], str, dict[str, Any]]] = {}
-        for res in plan.resolutions:
+        for (res, objects), mems in plan.stage_configs().items():
             h, w = parse_resolution(res)
-            for objects in plan.objects:
-                clip = video(h, w, objects, t_max + 1)
-                t = time.perf_counter()
-                memory = fill_memory(filler, clip, t_max)
-                frame = clip.frames[t_max]  # a frame not in the memory
+            t_max = 1 + max(mems)
+            clip = video(h, w, objects, t_max + 1)
+            t = time.perf_counter()
+            memory = fill_memory(filler, clip, t_max)
+            frame = clip.frames[t_max]  # a frame not in the memory
+            with torch.inference_mode():
+                key0, _, _ = filler.encode_key(memory.geometry.image(frame, dev))
+                readout, coarse = readout_inputs(key0[0].reshape(key0.shape[1], -1).t(), memory, objects, affinity)
+            self.log(f"{preset} {res} O={objects}: memory of {t_max} frames encoded in "
+                     f"{time.perf_counter() - t:.1f} s")
+            for name, backend in backends.items():
+                v = VARIANTS[name]
+                if backend == "fast":
+                    rows += self._fast_stages(preset, v, res, objects, mems)
+                    continue
+                assert isinstance(backend, Backend)
+                nkey = (id(backend), res, objects)
+                if nkey not in net_cache:
+                    with Meters(dev) as m:
+                        net = time_network(backend, frame, memory.geometry, readout, coarse, plan.refine_rounds,
+                                           plan.warmup, plan.repeat)
+                    net_cache[nkey] = (net, m.memory())
+                net, net_mem = net_cache[nkey]
                 with torch.inference_mode():
-                    key0, _, _ = filler.encode_key(memory.geometry.image(frame, dev))
-                    readout, coarse = readout_inputs(key0[0].reshape(key0.shape[1], -1).t(), memory, objects, affinity)
-                self.log(f"{preset} {res} O={objects}: memory of {t_max} frames encoded in "
-                         f"{time.perf_counter() - t:.1f} s")
-                for name, backend in backends.items():
-                    v = VARIANTS[name]
-                    if backend == "fast":
-                        rows += self._fast_stages(preset, v, res, objects, clip)
-                        continue
-                    assert isinstance(backend, Backend)
-                    nkey = (id(backend), res, objects)
-                    if nkey not in net_cache:
+                    key, _, _ = backend.encode_key(memory.geometry.image(frame, dev))
+                query = key[0].reshape(key.shape[1], -1).t()
+                for mem in mems:
+                    mkey = (v.affinity, query.dtype, res, objects, mem)
+                    if mkey not in mem_cache:
                         with Meters(dev) as m:
-                            net = time_network(backend, frame, memory.geometry, readout, coarse, plan.refine_rounds,
-                                               plan.warmup, plan.repeat)
-                        net_cache[nkey] = (net, m.memory())
-                    net, net_mem = net_cache[nkey]
-                    with torch.inference_mode():
-                        key, _, _ = backend.encode_key(memory.geometry.image(frame, dev))
-                    query = key[0].reshape(key.shape[1], -1).t()
-                    for mem in plan.mem_frames:
-                        mkey = (v.affinity, query.dtype, res, objects, mem)
-                        if mkey not in mem_cache:
-                            with Meters(dev) as m:
-                                times, path = time_memory(AffinityImpl(v.affinity), query, memory, 1 + mem, affinity,
-                                                          plan.warmup, plan.repeat)
-                            mem_cache[mkey] = (times, path, m.memory())
-                        times, path, mem_mem = mem_cache[mkey]
-                        stages = compose(net, times)
-                        total = frame_ms(stages)
-                        row = {**self._row(preset, v, res, objects, mem), "affinity_path": path, "stages_ms": stages,
-                               "frame_ms": total, "fps_from_stages": 1e3 / total if total > 0 else None,
-                               **_max_memory(net_mem, mem_mem)}
-                        rows.append(row)
-                        self.log(f"stages {name:16s} {preset} {res} O={objects} T={mem}: {total:8.1f} ms/frame "
-                                 f"(affinity {stages['affinity_topk']['median']:.1f} ms, {path})")
+                            times, path = time_memory(AffinityImpl(v.affinity), query, memory, 1 + mem, affinity,
+                                                      plan.warmup, plan.repeat)
+                        mem_cache[mkey] = (times, path, m.memory())
+                    times, path, mem_mem = mem_cache[mkey]
+                    stages = compose(net, times)
+                    total = frame_ms(stages)
+                    row = {**self._row(preset, v, res, objects, mem), "affinity_path": path, "stages_ms": stages,
+                           "frame_ms": total, "fps_from_stages": 1e3 / total if total > 0 else None,
+                           **_max_memory(net_mem, mem_mem)}
+                    rows.append(row)
+                    self.log(f"stages {name:16s} {preset} {res} O={objects} T={mem}: {total:8.1f} ms/frame "
+                             f"(affinity {stages['affinity_topk']['median']:.1f} ms, {path})")
         return rows
 
-    def _fast_stages(self, preset: str, v: Variant, res: str, objects: int, clip: Any) -> list[dict[str, Any]]:
+    def _fast_stages(self, preset: str, v: Variant, res: str, objects: int, mems: tuple[int, ...]
+                     ) -> list[dict[str, Any]]:
         from mevos.bench.fastbench import profile_fast
 
         rows = []
         model = self.models.model(preset)
-        for mem in self.plan.mem_frames:
+        for mem in mems:
             warm = warmup_frames(mem)
             h, w = parse_resolution(res)
             frames_clip = video(h, w, objects, warm + self.plan.repeat + 10)
@@ -243,7 +252,7 @@ class Runner:
                         self.log(f"e2e    {name:16s} {preset} {res} O={objects} T={mem}: {r['fps']:8.2f} FPS")
         return rows
 
-    def serving(self, preset: str, backends: dict[str, Backend | str], e2e: list[dict[str, Any]]) -> dict[str, Any]:
+    def serving(self, preset: str, backends: dict[str, Backend | str]) -> dict[str, Any]:
         from mevos.bench.serving import grpc_unavailable, run_grpc
 
         plan = self.plan
@@ -260,13 +269,10 @@ class Runner:
         warm = warmup_frames(mem)
         cfg = TrackerConfig(mem_frames=mem, refine_rounds=plan.refine_rounds)
         settings = {**self._row(preset, VARIANTS["torch"], res, objects, mem)}
-        same = [r for r in e2e if r["variant"] == "torch" and r["preset"] == preset and r["resolution"] == res
-                and r["objects"] == objects and r["mem_frames"] == mem and r["frames_timed"] == plan.grpc_frames]
         clip = video(h, w, objects, warm + plan.grpc_frames)
-        if same:
-            in_process = same[0]
-        else:
-            in_process = run_tracker(torch_backend, cfg, clip.frames, clip.labels[0], warm)
+        # Measured right before the gRPC run, on the same frames: the contention of a shared
+        # machine drifts, so the two figures should be close in time.
+        in_process = run_tracker(torch_backend, cfg, clip.frames, clip.labels[0], warm)
         out = run_grpc(torch_backend, cfg, clip.frames, clip.labels[0], warm, plan.grpc_pipelined)
         lock = out["lockstep"]
         in_ms = float(in_process["ms_per_frame"]["median"])
@@ -283,9 +289,11 @@ class Runner:
         from mevos.bench.fast import FastOptions, cuda_unavailable
 
         plan = self.plan
-        reason = cuda_unavailable()
-        if reason or self.device.type != "cuda":
-            return {"status": "skipped", "reason": f"needs a GPU: {reason or 'run with --device cuda'}"}
+        if cuda_unavailable():
+            return {"status": "skipped", "reason": f"needs a GPU: torch {torch.__version__} sees no CUDA device here; "
+                                                   "run `mevos bench` on a CUDA GPU"}
+        if self.device.type != "cuda":
+            return {"status": "skipped", "reason": "needs a GPU: this run is on the CPU; run with --device cuda"}
         from mevos.bench.fastbench import GOAL_FPS, jf_parity, profile_fast, run_fast
 
         h, w = parse_resolution(plan.fast_resolution)
@@ -330,6 +338,8 @@ class Runner:
 
     def run(self, command: list[str]) -> dict[str, Any]:
         plan = self.plan
+        if plan.threads is not None:
+            torch.set_num_threads(plan.threads)
         machine = environment.machine_info()
         doc: dict[str, Any] = {
             "schema": schema.SCHEMA, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -353,19 +363,20 @@ class Runner:
         }
         results: dict[str, Any] = {"stages": [], "end_to_end": [], "serving": {"status": "skipped",
                                                                                "reason": "not asked for"},
-                                   "fast_path": {"status": "skipped", "reason": "not asked for"}}
+                                   "fast_path": {"status": "skipped", "reason": "not asked for (--no-fast)"}}
         presets = self.models.presets(plan.presets)
+        doc["settings"]["weights"] = {p: self.models.describe(p) for p in presets}
         for preset in presets:
             self.log(f"{preset}: {self.models.describe(preset)}")
             backends = self._backends(preset)
-            if plan.resolutions and plan.objects and plan.mem_frames:
+            if plan.stage_configs():
                 results["stages"] += self.stages(preset, backends)
             if plan.e2e_resolutions and plan.e2e_objects and plan.e2e_mem_frames:
                 results["end_to_end"] += self.end_to_end(preset, backends)
             if plan.grpc and preset == presets[0]:
-                results["serving"] = self.serving(preset, backends, results["end_to_end"])
-        if plan.fast:
-            results["fast_path"] = self.fast_path()
+                results["serving"] = self.serving(preset, backends)
+        if plan.fast or self.device.type != "cuda":
+            results["fast_path"] = self.fast_path()  # on the CPU: skipped, saying it needs a GPU
         results["skipped"] = self.skipped
         add_ratios(results)
         doc["results"] = results
