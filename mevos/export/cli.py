@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mevos.errors import UsageError
+from mevos.errors import InputError, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rebuild and args.checkpoint is not None:
         raise UsageError("--rebuild builds from the ONNX already in OUT; leave out --checkpoint (or drop --rebuild "
                          "and pass --force to export the checkpoint again)")
+    if not args.rebuild and out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise InputError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     profile = _profile(args) if trt else None
     if trt:
         from mevos.export.tensorrt import gpu_target, require_tensorrt

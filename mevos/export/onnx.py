@@ -87,9 +87,31 @@ def _io_entries(path: Path) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [entry(v) for v in model.graph.input], "outputs": [entry(v) for v in model.graph.output]}
 
 
+def _declare_shapes(path: Path, spec: GraphSpec) -> None:
+    """Write the spec's symbolic shapes onto the graph's inputs and outputs. The tracer leaves
+    some output dimensions it could not prove constant as generated names (the key's batch of 1
+    comes out as 'Divkey_dim_0'); the manifest and TensorRT should see the real contract."""
+    onnx = require("onnx", "onnx", "ONNX export")
+    model = onnx.load(str(path))
+    by_name = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for v in (*model.graph.input, *model.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        want = by_name[v.name].shape
+        if len(dims) != len(want):
+            raise MevosError(f"ONNX export of {spec.name}: {v.name} has rank {len(dims)}, expected {len(want)}")
+        for d, w in zip(dims, want, strict=True):
+            if isinstance(w, int):
+                if d.HasField("dim_value") and d.dim_value != w:
+                    raise MevosError(f"ONNX export of {spec.name}: {v.name} has a dimension {d.dim_value}, expected {w}")
+                d.dim_value = w
+            else:
+                d.dim_param = w
+    onnx.save(model, str(path))
+
+
 def _check_graph(path: Path, spec: GraphSpec) -> None:
     onnx = require("onnx", "onnx", "ONNX export")
-    onnx.checker.check_model(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
     io_ = _io_entries(path)
     names = ([e["name"] for e in io_["inputs"]], [e["name"] for e in io_["outputs"]])
     if names != (spec.input_names, spec.output_names):
@@ -125,6 +147,7 @@ def export_onnx(
         for name in GRAPH_NAMES:
             path = tmp / f"{name}.onnx"
             exporter = _export_graph(net, specs[name], path, opset)
+            _declare_shapes(path, specs[name])
             _check_graph(path, specs[name])
             graphs[name] = {"file": path.name, "sha256": sha256_file(path), **_io_entries(path)}
         ckpt = None

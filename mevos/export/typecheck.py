@@ -50,7 +50,8 @@ def _split_params(params: str) -> list[str]:
 
 def repair_line(line: str) -> str:
     """One stub line made valid: keyword parameter names renamed, missing defaults added."""
-    m = _DEF.match(line)
+    body = line.rstrip("\r\n")
+    m = _DEF.match(body)
     if not m:
         return line
     params = _split_params(m.group(2))
@@ -72,7 +73,7 @@ def repair_line(line: str) -> str:
         elif seen_default:
             p = p.rstrip() + " = ..."
         fixed.append(p)
-    return m.group(1) + ",".join(fixed) + m.group(3)
+    return m.group(1) + ",".join(fixed) + m.group(3) + line[len(body):]
 
 
 def repair_stub(text: str) -> str:
