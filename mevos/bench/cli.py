@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     doc["files"] = {"json": f"{stem}.json", "plots": plots, "summary": report.SUMMARY}
     path = report.write_json(doc, out / f"{stem}.json")
     summary = report.write_summary(out)
-    print(f"mevos bench: {doc['wall_seconds']:.0f} s; wrote {path}, {', '.join(str(out / p) for p in plots) or 'no plots'}"
+    written = ", ".join(str(out / p) for p in plots) or "no plots"
+    print(f"mevos bench: {doc['wall_seconds']:.0f} s; wrote {path}, {written}"
           f" and {summary}")
     return 0

@@ -38,7 +38,8 @@ def dense_affinity() -> Iterator[None]:
     paper's code path. The memory module looks `ops` up at every call, so swapping it for a
     namespace with the dense top-k changes nothing else; it is restored on exit."""
     original = memory_module.ops
-    memory_module.ops = types.SimpleNamespace(topk_affinity=_dense_topk, readout=ops.readout)  # type: ignore[assignment]
+    dense = types.SimpleNamespace(topk_affinity=_dense_topk, readout=ops.readout)
+    memory_module.ops = dense  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -142,7 +142,8 @@ class FastTracker:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = torch.float16 if self.options.fp16 else torch.float32
         fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        self.model = copy.deepcopy(model).to(self.device, self.dtype).to(memory_format=fmt).eval()
+        model = copy.deepcopy(model).to(self.device, self.dtype)
+        self.model = model.to(memory_format=fmt).eval()  # type: ignore[call-overload]  # stubs lack memory_format
         torch.backends.cudnn.benchmark = True
         self.copy_stream = torch.cuda.Stream(self.device) if self.options.pinned_uploads else None
         self.graph_error: str | None = None
@@ -160,10 +161,9 @@ class FastTracker:
         h, w = self.geo.grid
         self.P, self.O = h * w, len(object_ids)
         self.slots = 1 + cfg.mem_frames
-        z = dict(device=dev, dtype=dt)
-        self.mem_keys = torch.zeros(self.slots, self.P, mc.key_dim, **z)
-        self.mem_values = torch.zeros(self.slots, self.P, self.O * mc.value_dim, **z)
-        self.mem_masks = torch.zeros(self.slots, self.P, self.O, **z)
+        self.mem_keys = torch.zeros(self.slots, self.P, mc.key_dim, device=dev, dtype=dt)
+        self.mem_values = torch.zeros(self.slots, self.P, self.O * mc.value_dim, device=dev, dtype=dt)
+        self.mem_masks = torch.zeros(self.slots, self.P, self.O, device=dev, dtype=dt)
         self.pinned = torch.zeros(self.slots, dtype=torch.bool)  # host: read by the ops without a sync
         self.stamp = [0] * self.slots
         self.used = 0

@@ -127,9 +127,9 @@ def jf_parity(model: MevosNet, config: TrackerConfig, davis: Path, sequences: tu
         ref_scores += evaluate_sequence(gt, ref, name=seq)
         fast_scores += evaluate_sequence(gt, got, name=seq)
         agree.append(float((ref == got).mean()))
-    r, f = GlobalScores.of(ref_scores), GlobalScores.of(fast_scores)
-    delta = f.JF_mean - r.JF_mean
+    ref_jf, fast_jf = GlobalScores.of(ref_scores).JF_mean, GlobalScores.of(fast_scores).JF_mean
+    delta = fast_jf - ref_jf
     return {"status": "ok", "davis": str(davis), "sequences": seqs, "reference": "torch fp32, dense affinity",
-            "jf_reference": r.JF_mean, "jf_fast": f.JF_mean, "jf_delta": delta, "tolerance": JF_TOLERANCE,
+            "jf_reference": ref_jf, "jf_fast": fast_jf, "jf_delta": delta, "tolerance": JF_TOLERANCE,
             "within_tolerance": abs(delta) <= JF_TOLERANCE, "pixel_agreement": float(np.mean(agree)),
             "seconds": time.perf_counter() - t0}

@@ -14,28 +14,34 @@ _NUM = (int, float)
 _OPT_NUM = (int, float, type(None))
 _STR = (str,)
 _OPT_STR = (str, type(None))
+Spec = dict[str, tuple[type, ...]]
 
-TOP: dict[str, tuple[type, ...]] = {
+TOP: Spec = {
     "schema": _STR, "created": _STR, "mode": _STR, "command": (list,), "machine": (dict,), "device": (dict,),
     "versions": (dict,), "settings": (dict,), "methods": (dict,), "results": (dict,), "wall_seconds": _NUM,
 }
-MACHINE = {"hostname": _STR, "cpu_model": _STR, "cpu_cores": (int,), "load_average_start": (list, type(None))}
-DEVICE = {"type": _STR, "name": _STR, "capability": _OPT_STR}
-VERSIONS = {"python": _STR, "torch": _STR, "mevos": _STR, "onnxruntime": _OPT_STR, "cuda": _OPT_STR}
-METHODS = {"timing": _STR, "host_memory": _STR, "device_memory": _STR}
-CONFIG = {"variant": _STR, "backend": _STR, "precision": _STR, "affinity": _STR, "preset": _STR, "resolution": _STR,
-          "height": (int,), "width": (int,), "objects": (int,), "mem_frames": (int,), "refine_rounds": (int,)}
-STAGE_ROW = {**CONFIG, "stages_ms": (dict,), "frame_ms": _NUM, "fps_from_stages": _OPT_NUM,
-             "speedup_vs_baseline": _OPT_NUM, "affinity_path": _STR, "peak_host_mb": _OPT_NUM,
-             "peak_device_mb": _OPT_NUM}
-E2E_ROW = {**CONFIG, "fps": _NUM, "frames_warmup": (int,), "frames_timed": (int,), "ms_per_frame": (dict,),
-           "speedup_vs_baseline": _OPT_NUM, "peak_host_mb": _OPT_NUM, "peak_device_mb": _OPT_NUM}
-STATS = {"median": _NUM, "mean": _NUM, "p90": _NUM, "min": _NUM, "max": _NUM, "n": (int,)}
-SERVING_OK = {"lockstep": (dict,), "in_process": (dict,), "overhead_ms_per_frame": _NUM,
-              "fps_ratio_grpc_vs_in_process": _NUM, "image_format": _STR, "mask_encoding": _STR}
+MACHINE: Spec = {"hostname": _STR, "cpu_model": _STR, "cpu_cores": (int,), "load_average_start": (list, type(None))}
+DEVICE: Spec = {"type": _STR, "name": _STR, "capability": _OPT_STR}
+VERSIONS: Spec = {"python": _STR, "torch": _STR, "mevos": _STR, "onnxruntime": _OPT_STR, "cuda": _OPT_STR}
+METHODS: Spec = {"timing": _STR, "host_memory": _STR, "device_memory": _STR}
+CONFIG: Spec = {
+    "variant": _STR, "backend": _STR, "precision": _STR, "affinity": _STR, "preset": _STR, "resolution": _STR,
+    "height": (int,), "width": (int,), "objects": (int,), "mem_frames": (int,), "refine_rounds": (int,),
+}
+STAGE_ROW: Spec = {
+    **CONFIG, "stages_ms": (dict,), "frame_ms": _NUM, "fps_from_stages": _OPT_NUM, "speedup_vs_baseline": _OPT_NUM,
+    "affinity_path": _STR, "peak_host_mb": _OPT_NUM, "peak_device_mb": _OPT_NUM,
+}
+E2E_ROW: Spec = {
+    **CONFIG, "fps": _NUM, "frames_warmup": (int,), "frames_timed": (int,), "ms_per_frame": (dict,),
+    "speedup_vs_baseline": _OPT_NUM, "peak_host_mb": _OPT_NUM, "peak_device_mb": _OPT_NUM,
+}
+STATS: Spec = {"median": _NUM, "mean": _NUM, "p90": _NUM, "min": _NUM, "max": _NUM, "n": (int,)}
+SERVING_OK: Spec = {"lockstep": (dict,), "in_process": (dict,), "overhead_ms_per_frame": _NUM,
+                    "fps_ratio_grpc_vs_in_process": _NUM, "image_format": _STR, "mask_encoding": _STR}
 
 
-def _fields(obj: Any, spec: dict[str, tuple[type, ...]], path: str, problems: list[str]) -> None:
+def _fields(obj: Any, spec: Spec, path: str, problems: list[str]) -> None:
     if not isinstance(obj, dict):
         problems.append(f"{path}: expected an object, got {type(obj).__name__}")
         return
@@ -60,8 +66,9 @@ def problems(doc: Any) -> list[str]:
     _fields(doc["versions"], VERSIONS, "$.versions", out)
     _fields(doc["methods"], METHODS, "$.methods", out)
     res = doc["results"]
-    _fields(res, {"stages": (list,), "end_to_end": (list,), "serving": (dict,), "fast_path": (dict,),
-                  "skipped": (list,)}, "$.results", out)
+    sections: Spec = {"stages": (list,), "end_to_end": (list,), "serving": (dict,), "fast_path": (dict,),
+                      "skipped": (list,)}
+    _fields(res, sections, "$.results", out)
     for i, row in enumerate(res.get("stages", [])):
         p = f"$.results.stages[{i}]"
         _fields(row, STAGE_ROW, p, out)
