@@ -150,10 +150,12 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    if timing_cache is not None and not config.set_timing_cache(timing_cache, ignore_mismatch=False):
+        log.warning("the timing cache was made on another GPU or TensorRT; starting a new one")
+        timing_cache = None
     if timing_cache is None:
         timing_cache = config.create_timing_cache(b"")
-    if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
-        log.warning("the timing cache does not fit this GPU/TensorRT; building without it")
+        config.set_timing_cache(timing_cache, ignore_mismatch=False)
     opt = builder.create_optimization_profile()
     for name, (lo, mid, hi) in _profile_shapes(spec, profile).items():
         opt.set_shape(name, trt.Dims(lo), trt.Dims(mid), trt.Dims(hi))
@@ -162,7 +164,7 @@ def build_engine(
     del parser  # only now: it owns the weights the build reads
     if serialized is None:
         raise MevosError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT errors logged above")
-    return bytes(memoryview(serialized)), config.get_timing_cache()
+    return bytes(memoryview(serialized)), timing_cache  # the build added its measurements to it
 
 
 def build_engines(

@@ -120,15 +120,19 @@ class OnnxRuntimeBackend:
         index = self.device.index or 0
         for p in self.providers:
             if p == "cuda":
+                # Compute on torch's current stream: the graphs then order with the torch work around them.
                 stream = torch.cuda.current_stream(self.device).cuda_stream
-                out.append((PROVIDERS[p], {"device_id": index, "user_compute_stream": str(stream)}))
+                out.append((PROVIDERS[p], {"device_id": str(index), "has_user_compute_stream": "1",
+                                           "user_compute_stream": str(stream)}))
             elif p == "tensorrt":
                 cache = cache_dir() / "ort-tensorrt"
                 cache.mkdir(parents=True, exist_ok=True)
+                stream = torch.cuda.current_stream(self.device).cuda_stream
                 out.append((PROVIDERS[p], {
-                    "device_id": index, "trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
-                    "trt_timing_cache_path": str(cache),
+                    "device_id": str(index), "has_user_compute_stream": "1", "user_compute_stream": str(stream),
+                    "trt_fp16_enable": "1" if fp16 else "0",
+                    "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache),
+                    "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache),
                 }))
             else:
                 out.append(PROVIDERS[p])

@@ -24,7 +24,7 @@ from mevos.export.graphs import GRAPH_NAMES, graph_specs  # noqa: E402
 from mevos.export.onnx import export_onnx  # noqa: E402
 from mevos.model import build_model, preset, save_checkpoint  # noqa: E402
 from mevos.model.network import MevosNet  # noqa: E402
-from mevos.runtime.backend import TorchBackend, create_backend  # noqa: E402
+from mevos.runtime.backend import Backend, TorchBackend, create_backend  # noqa: E402
 from mevos.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from mevos.runtime.tracker import Tracker, TrackerConfig  # noqa: E402
 
@@ -75,6 +75,7 @@ def stage_inputs(name: str, size: tuple[int, int], objects: int, seed: int) -> l
 def test_graph_parity_cpu_fp32(backends: tuple[TorchBackend, OnnxRuntimeBackend], size: tuple[int, int],
                                objects: int) -> None:
     torch_b, ort_b = backends
+    assert isinstance(ort_b, Backend) and ort_b.name == "onnxruntime" and ort_b.config == torch_b.config
     diffs = {}
     for i, name in enumerate(GRAPH_NAMES):
         inputs = stage_inputs(name, size, objects, seed=i)
