@@ -45,6 +45,14 @@ def load_average() -> list[float] | None:
         return None
 
 
+def cpu_seconds() -> float:
+    """CPU time this process has used (all threads, user + system)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def machine_info() -> dict[str, Any]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,31 @@ def summarize(ms: Sequence[float]) -> dict[str, float | int]:
     p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
     return {"median": statistics.median(xs), "mean": statistics.fmean(xs), "p90": p90, "min": xs[0], "max": xs[-1],
             "n": len(xs)}
+
+
+class Iterations:
+    """`for record in Iterations(warmup, repeat, budget_s): ...` runs the body warmup + repeat
+    times; `record` is False for the warm-up passes. With a budget (seconds), an expensive
+    measurement stops early: after one warm-up pass once half the budget is spent, and after
+    `min_timed` timed passes once all of it is. The statistics' n says how many ran."""
+
+    def __init__(self, warmup: int, repeat: int, budget_s: float | None = None, min_timed: int = 2) -> None:
+        self.warmup, self.repeat, self.budget, self.min_timed = warmup, repeat, budget_s, min_timed
+
+    def __iter__(self) -> Iterator[bool]:
+        start, timed, i, warmup = time.perf_counter(), 0, 0, self.warmup
+        while timed < self.repeat:
+            warm = i < warmup
+            yield not warm
+            i += 1
+            spent = time.perf_counter() - start
+            if warm:
+                if self.budget is not None and spent > self.budget / 2:
+                    warmup = i
+                continue
+            timed += 1
+            if self.budget is not None and spent > self.budget and timed >= min(self.min_timed, self.repeat):
+                return
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int) -> list[float]:

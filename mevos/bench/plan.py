@@ -74,6 +74,7 @@ class BenchPlan:
     warmup: int = 2
     repeat: int = 10
     stage_extra: tuple[tuple[str, int, int], ...] = ()  # (resolution, objects, mem_frames) beyond the product
+    budget_s: float | None = None  # per stage measurement: fewer repetitions past it (measure.Iterations)
     e2e_resolutions: tuple[str, ...] = ()
     e2e_objects: tuple[int, ...] = ()
     e2e_mem_frames: tuple[int, ...] = ()
@@ -149,13 +150,13 @@ def full_plan() -> BenchPlan:
 
 def quick_plan() -> BenchPlan:
     """CPU-sized: small preset; stages at 240p x 1/4 objects x 5/20 memory frames plus 480p with
-    1 object and 5 memory frames; end to end at 240p with 1/4 objects and 5 memory frames;
-    torch and onnxruntime against the baseline; gRPC at 240p, 1 object, 5 memory frames."""
+    1 object and 5 memory frames; end to end and gRPC at 240p, 1 object, 5 memory frames; torch
+    and onnxruntime against the baseline. One thread, a 5 s budget per stage measurement."""
     return BenchPlan(
         mode="quick", presets=("small",), resolutions=("240p",), objects=(1, 4), mem_frames=(5, 20),
         stage_extra=(("480p", 1, 5),), variants=("baseline", "torch", "onnxruntime"), warmup=2, repeat=5,
-        e2e_resolutions=("240p",), e2e_objects=(1, 4), e2e_mem_frames=(5,), e2e_frames=10,
-        grpc_resolution="240p", grpc_objects=1, grpc_mem_frames=5, grpc_frames=20, grpc_pipelined=True,
+        budget_s=5.0, e2e_resolutions=("240p",), e2e_objects=(1,), e2e_mem_frames=(5,), e2e_frames=8,
+        grpc_resolution="240p", grpc_objects=1, grpc_mem_frames=5, grpc_frames=12, grpc_pipelined=True,
         fast=False, jf_check=False, threads=1,
     )
 

@@ -174,7 +174,8 @@ def _section(doc: dict[str, Any], name: str) -> list[str]:
     lines = [
         f"## {d['name']}{cap} - `{doc['mode']}` run ([{name}]({name}))", "",
         f"- machine: {m['hostname']}, {m['cpu_model']}, {m['cpu_cores']} cores; load average "
-        f"{m.get('load_average_start')} at start, {m.get('load_average_end')} at the end",
+        f"{m.get('load_average_start')} at start, {m.get('load_average_end')} at the end; this process got "
+        f"{_f(m.get('cpu_seconds_per_wall_second'), 2)} CPU-seconds per second",
         f"- threads: torch {d.get('torch_threads')} (plan: {doc['settings'].get('threads') or 'library default'}); "
         "weights: " + "; ".join(f"{k}: {w}" for k, w in (doc['settings'].get('weights') or {}).items()),
         f"- versions: python {v['python']}, torch {v['torch']}, onnxruntime {v.get('onnxruntime')}, "

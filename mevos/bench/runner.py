@@ -85,6 +85,7 @@ class Runner:
         self.models = _Models(checkpoint)
         self.log_fn = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.t0 = time.perf_counter()
+        self.cpu0 = environment.cpu_seconds()
         self.skipped: list[dict[str, Any]] = []
         self.tracker_base = TrackerConfig(refine_rounds=plan.refine_rounds)
 
@@ -181,7 +182,7 @@ class Runner:
                 if nkey not in net_cache:
                     with Meters(dev) as m:
                         net = time_network(backend, frame, memory.geometry, readout, coarse, plan.refine_rounds,
-                                           plan.warmup, plan.repeat)
+                                           plan.warmup, plan.repeat, plan.budget_s)
                     net_cache[nkey] = (net, m.memory())
                 net, net_mem = net_cache[nkey]
                 with torch.inference_mode():
@@ -192,7 +193,7 @@ class Runner:
                     if mkey not in mem_cache:
                         with Meters(dev) as m:
                             times, path = time_memory(AffinityImpl(v.affinity), query, memory, 1 + mem, affinity,
-                                                      plan.warmup, plan.repeat)
+                                                      plan.warmup, plan.repeat, plan.budget_s)
                         mem_cache[mkey] = (times, path, m.memory())
                     times, path, mem_mem = mem_cache[mkey]
                     stages = compose(net, times)
@@ -382,6 +383,10 @@ class Runner:
         doc["results"] = results
         machine["load_average_end"] = environment.load_average()
         doc["wall_seconds"] = time.perf_counter() - self.t0
+        # CPU time over wall time: near the thread count on an idle machine, far below it when
+        # other work competes for the cores (then the CPU figures are slower than the hardware).
+        machine["process_cpu_seconds"] = environment.cpu_seconds() - self.cpu0
+        machine["cpu_seconds_per_wall_second"] = machine["process_cpu_seconds"] / doc["wall_seconds"]
         return doc
 
 

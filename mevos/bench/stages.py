@@ -15,7 +15,8 @@ every clock read:
 The network stages do not depend on the memory size and the memory stages do not depend on the
 backend, so they are measured apart and cached: network stages per (backend, precision,
 resolution, objects), memory stages per (affinity implementation, device, resolution, objects,
-memory frames). The frame's latency is the sum of the stage medians.
+memory frames). The frame's latency is the sum of the stage medians. A time budget may cut
+the repetitions of an expensive measurement short (see measure.Iterations).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mevos.bench.measure import clock, summarize, sync
+from mevos.bench.measure import Iterations, clock, summarize, sync
 from mevos.bench.workload import FilledMemory
 from mevos.kernels import ops, reference
 from mevos.kernels.reference import soft_aggregate
@@ -78,7 +79,7 @@ def _query(key: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def time_memory(impl: AffinityImpl, query: Tensor, memory: FilledMemory, frames: int, affinity: AffinityConfig,
-                warmup: int, repeat: int) -> tuple[dict[str, list[float]], str]:
+                warmup: int, repeat: int, budget_s: float | None = None) -> tuple[dict[str, list[float]], str]:
     """Top-k affinity and the two readouts over the first `frames` memory frames, as
     MemoryBank.read runs them when every object is known in every frame. -> (ms lists, path)."""
     device = query.device
@@ -90,14 +91,14 @@ def time_memory(impl: AffinityImpl, query: Tensor, memory: FilledMemory, frames:
               radius=affinity.radius, chunk_size=affinity.chunk_size)
     flat_v, flat_m = values.reshape(t * p, -1), masks.reshape(t * p, -1)
     out: dict[str, list[float]] = {s: [] for s in MEMORY_STAGES}
-    for i in range(warmup + repeat):
+    for record in Iterations(warmup, repeat, budget_s):
         t0 = clock(device)
         weights, indices = topk(query, keys, **kw)
         t1 = clock(device)
         read(weights, indices, flat_v)
         read(weights, indices, flat_m)
         t2 = clock(device)
-        if i >= warmup:
+        if record:
             out["affinity_topk"].append((t1 - t0) * 1e3)
             out["readout"].append((t2 - t1) * 1e3)
     return out, impl.path(query, keys, k)
@@ -123,7 +124,8 @@ def readout_inputs(query: Tensor, memory: FilledMemory, objects: int, affinity: 
 
 @torch.inference_mode()
 def time_network(backend: Backend, frame: np.ndarray, geometry: Geometry, readout: Tensor, coarse: Tensor,
-                 refine_rounds: int, warmup: int, repeat: int) -> dict[str, list[float]]:
+                 refine_rounds: int, warmup: int, repeat: int, budget_s: float | None = None
+                 ) -> dict[str, list[float]]:
     """The network stages of one propagated frame (see the module docstring), `warmup` untimed
     frames then `repeat` timed ones. readout O x Cv x h x w and coarse O x 1 x H'' x W'' come
     from a real memory read; they are moved to the backend's device."""
@@ -136,7 +138,7 @@ def time_network(backend: Backend, frame: np.ndarray, geometry: Geometry, readou
     slot_v = torch.empty(p, o, backend.config.value_dim, device=dev)
     slot_m = torch.empty(p, o, device=dev)
     out: dict[str, list[float]] = {s: [] for s in NETWORK_STAGES}
-    for i in range(warmup + repeat):
+    for record in Iterations(warmup, repeat, budget_s):
         ms: dict[str, float] = dict.fromkeys(NETWORK_STAGES, 0.0)
         t0 = clock(dev)
         image = geometry.image(torch.as_tensor(frame), dev)
@@ -169,7 +171,7 @@ def time_network(backend: Backend, frame: np.ndarray, geometry: Geometry, readou
         full[1:].float().cpu().numpy()
         t5 = clock(dev)
         ms["postprocess"] = t5 - t4
-        if i >= warmup:
+        if record:
             for s in NETWORK_STAGES:
                 out[s].append(ms[s] * 1e3)
     sync(dev)

@@ -142,3 +142,18 @@ def test_fast_path_refuses_without_cuda():
     assert "needs a CUDA GPU" in cuda_unavailable()
     with pytest.raises(UsageError, match="needs a CUDA GPU"):
         FastTracker(build_model(preset("small")))
+
+
+def test_iterations_stop_at_the_budget():
+    import time
+
+    from mevos.bench.measure import Iterations
+
+    assert list(Iterations(2, 3)) == [False, False, True, True, True]
+    assert list(Iterations(0, 1, budget_s=0.0)) == [True]
+    seen = []
+    for record in Iterations(3, 10, budget_s=0.02):
+        seen.append(record)
+        time.sleep(0.015)
+    # one warm-up pass is enough once half the budget is gone; two timed ones once all of it is
+    assert seen == [False, True, True]
