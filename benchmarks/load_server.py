@@ -163,6 +163,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     a.set_ylabel("frames / s (all sessions)")
     a.set_title("throughput")
     a.set_xticks(xs)
+    a.set_ylim(bottom=0)
     a.legend()
     for p, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
         b.plot(xs, [r["latency_ms"][p] for r in runs], style, label=p)
@@ -170,6 +171,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     b.set_ylabel("ms (send -> mask)")
     b.set_title("per-frame latency")
     b.set_xticks(xs)
+    b.set_ylim(bottom=0)
     b.legend()
     fig.suptitle(f"mevos serve, {results['video']}, {results['device_note']}", fontsize=9)
     fig.tight_layout()
@@ -204,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             target = f"127.0.0.1:{server.port}"
             run_sessions(target, frames[:5], mask, 1, args.window, args.timeout)  # warm-up, not timed
             before = mean_batch(server.metrics())
+            load_before = os.getloadavg()[0]
             r = run_sessions(target, frames, mask, n, args.window, args.timeout)
             r["max_batch"] = max_batch
+            # The machine may be shared: its load says how much the figures can be trusted.
+            r["loadavg_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
             r["mean_batch_calls"] = mean_batch(server.metrics())
             r["mean_batch_calls_warmup"] = before
         runs.append(r)

@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"largest request message in MiB (default {d.max_message_bytes / 2**20:g})")
     lim.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
                      help=f"seconds a session may wait for its next frame (default {d.idle_timeout_s:g})")
-    lim.add_argument("--max-batch", type=int, default=d.max_batch,
-                     help=f"session calls batched into one model call (default {d.max_batch}; 1 = no batching)")
+    lim.add_argument("--max-batch", type=int, default=None,
+                     help=f"session calls batched into one model call (1 = no batching; default: {d.max_batch} on "
+                          "CUDA, 1 on the CPU, where batching measured slower: benchmarks/results/server_load.json)")
     lim.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
                      help=f"longest wait for a batch to fill, ms (default {d.batch_wait_ms:g})")
     lim.add_argument("--grace", type=float, default=10.0,
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(
         max_sessions=args.max_sessions, max_frame_side=args.max_frame_side, max_objects=args.max_objects,
         max_message_bytes=int(args.max_message_mb * 2**20), idle_timeout_s=args.idle_timeout,
-        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+        max_batch=args.max_batch or (Limits().max_batch if str(args.device).startswith("cuda") else 1),
+        batch_wait_ms=args.batch_wait_ms,
     )
     config = ServerConfig(
         host=args.host, port=args.port, limits=limits, defaults=tracker_config_from_args(args),
