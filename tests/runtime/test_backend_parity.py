@@ -143,7 +143,7 @@ def compare(name: str, both: tuple[object, object], frames: list[np.ndarray], gt
 
 
 def test_sequence_parity_synthetic(default_pair: tuple[object, object]) -> None:
-    video = generate(SyntheticConfig(height=120, width=200, num_frames=16, num_objects=3, seed=3))
+    video = generate(SyntheticConfig(height=120, width=200, num_frames=12, num_objects=3, seed=3))
     compare("synthetic", default_pair, video.frames, np.stack(video.labels), TrackerConfig())
 
 
@@ -153,6 +153,6 @@ def test_sequence_parity_davis(random_pair: tuple[object, object], shared_data: 
     from mevos.data.davis import DavisFolder
 
     davis = DavisFolder(shared_data / "davis2016")
-    frames = [f for _, f in zip(range(12), davis.frames(sequence), strict=False)]
+    frames = [f for _, f in zip(range(10), davis.frames(sequence), strict=False)]
     gt = np.stack([m for _, m in zip(range(len(frames)), davis.masks(sequence), strict=False)])
     compare(sequence, random_pair, frames, gt, TrackerConfig(short_side=240))
