@@ -2,8 +2,9 @@
 height, width and object count, and optionally build TensorRT engines from them.
 
 OUT receives encode_key.onnx, encode_value.onnx, decode.onnx and manifest.json; with
---format tensorrt also encode_key.engine, ... and engine.json. Any backend takes OUT as its
---checkpoint: `mevos segment ... --backend onnxruntime --checkpoint OUT`.
+--format tensorrt also encode_key.engine, ... and engine.json. The onnxruntime and tensorrt
+backends take OUT as their --checkpoint: `mevos segment ... --backend onnxruntime --checkpoint OUT`
+(given a .pt checkpoint instead, they export it into the cache themselves).
 
 examples:
   mevos export --checkpoint runs/small/last.pt --out exports/small

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mevos.errors import InputError, UsageError, require
+from mevos.errors import InputError, MevosError, UsageError, require
 from mevos.export.graphs import GraphSpec, graph_specs, input_size
 from mevos.export.manifest import OnnxExport, export_hint
 
@@ -38,10 +38,18 @@ class _Graph:
 
     def run(self, *inputs: Tensor) -> list[Tensor]:
         feeds = dict(zip(self.spec.input_names, inputs, strict=True))
-        if self.device.type == "cpu":
-            arrays = {k: np.ascontiguousarray(v.detach().to("cpu", torch.float32).numpy()) for k, v in feeds.items()}
-            return [torch.from_numpy(o) for o in self.session.run(self.spec.output_names, arrays)]
-        return self._run_bound(feeds)
+        try:
+            if self.device.type == "cpu":
+                arrays = {k: np.ascontiguousarray(v.detach().to("cpu", torch.float32).numpy()) for k, v in feeds.items()}
+                return [torch.from_numpy(o) for o in self.session.run(self.spec.output_names, arrays)]
+            return self._run_bound(feeds)
+        except Exception as exc:  # ORT's own exception types: turn them into one that names the call
+            if isinstance(exc, MevosError):
+                raise
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"ONNX Runtime cannot run {self.spec.name} on {shapes} ({first}); inputs must be "
+                             f"float32 with heights and widths that are multiples of 8") from None
 
     def _run_bound(self, feeds: dict[str, Tensor]) -> list[Tensor]:
         binding = self.session.io_binding()

@@ -131,6 +131,14 @@ def test_tensorrt_not_installed() -> None:
         create_backend("tensorrt", None, device="cuda")
 
 
+def test_inputs_the_graph_cannot_take(export: Path) -> None:
+    import torch
+
+    with pytest.raises(UsageError, match=r"ONNX Runtime cannot run encode_value on image \(1, 3, 64, 64\), masks "
+                                         r"\(2, 1, 64, 60\) .*multiples of 8"):
+        ort(export).encode_value(torch.rand(1, 3, 64, 64), torch.rand(2, 1, 64, 60))
+
+
 def test_onnxruntime_settings_that_cannot_work(export: Path) -> None:
     with pytest.raises(UsageError, match="for fp16 use --backend tensorrt"):
         create_backend("onnxruntime", str(export), precision="fp16")
