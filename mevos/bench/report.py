@@ -231,7 +231,14 @@ def _section(doc: dict[str, Any], name: str) -> list[str]:
         sm = lock["server_ms"]
         lines += ["", "Server-side, lock-step (median ms): " + ", ".join(
             f"{k} {_f(sm[k]['median'])}" for k in ("decode", "queue", "batch_wait", "track", "encode", "total")
-            if k in sm), ""]
+            if k in sm) + "."]
+        if "added_ms" in lock:
+            a = lock["added_ms"]
+            lines.append(f"What serving adds per frame (paired: round trip minus the server's track time for the same "
+                         f"frame; median ms): {_f(a['total']['median'], 2)}, of which "
+                         f"{_f(a['in_server']['median'], 2)} in the server (decode, queue, batching, encode) and "
+                         f"{_f(a['client_and_transport']['median'], 2)} in the client and on the wire.")
+        lines.append("")
     else:
         lines += [f"Skipped: {srv.get('reason')}", ""]
     fast = res["fast_path"]

@@ -37,8 +37,10 @@ E2E_ROW: Spec = {
     "speedup_vs_baseline": _OPT_NUM, "peak_host_mb": _OPT_NUM, "peak_device_mb": _OPT_NUM,
 }
 STATS: Spec = {"median": _NUM, "mean": _NUM, "p90": _NUM, "min": _NUM, "max": _NUM, "n": (int,)}
-SERVING_OK: Spec = {"lockstep": (dict,), "in_process": (dict,), "overhead_ms_per_frame": _NUM,
-                    "fps_ratio_grpc_vs_in_process": _NUM, "image_format": _STR, "mask_encoding": _STR}
+SERVING_OK: Spec = {
+    "lockstep": (dict,), "in_process": (dict,), "overhead_ms_per_frame": _NUM, "added_ms_per_frame": _NUM,
+    "fps_ratio_grpc_vs_in_process": _NUM, "image_format": _STR, "mask_encoding": _STR,
+}
 
 
 def _fields(obj: Any, spec: Spec, path: str, problems: list[str]) -> None:

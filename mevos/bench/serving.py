@@ -4,6 +4,9 @@ encode/decode of the frame, the mask encoding, the scheduler hand-off and the ro
 
 Two ways of streaming: lock-step (send a frame, wait for its masks: the per-frame latency) and
 pipelined (the client keeps `window` frames in flight, as `mevos stream` does: the throughput).
+What serving adds to a frame is measured per frame, paired: the client's round-trip latency
+minus the server's own `track` time for that frame (split into the server's decode / queue /
+encode and the client plus transport), so the tracker's time, noisy on a shared machine, cancels.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def _lockstep(client: Any, config: TrackerConfig, frames: list[np.ndarray], firs
               device: Any) -> dict[str, Any]:
     latencies: list[float] = []
     server_ms: dict[str, list[float]] = {f: [] for f in TIMING_FIELDS}
+    added: dict[str, list[float]] = {"in_server": [], "client_and_transport": [], "total": []}
     with client.session(settings=_settings(config), encoding=MASK_ENCODING, image_format=IMAGE_FORMAT,
                         window=1) as s:
         for i, frame in enumerate(frames):
@@ -56,12 +60,17 @@ def _lockstep(client: Any, config: TrackerConfig, frames: list[np.ndarray], firs
                 latencies.append(dt * 1e3)
                 for f in TIMING_FIELDS:
                     server_ms[f].append(r.timings[f])
+                # Paired per frame, so the tracker's own (noisy) time cancels out.
+                added["in_server"].append(r.timings["total"] - r.timings["track"])
+                added["client_and_transport"].append(dt * 1e3 - r.timings["total"])
+                added["total"].append(dt * 1e3 - r.timings["track"])
         s.close_send()
         for _ in s:  # the stream ends after the last answer
             pass
     timed = len(frames) - warmup
     return {"fps": timed / (sum(latencies) / 1e3), "latency_ms": summarize(latencies),
-            "server_ms": {f: summarize(v) for f, v in server_ms.items()}}
+            "server_ms": {f: summarize(v) for f, v in server_ms.items()},
+            "added_ms": {k: summarize(v) for k, v in added.items()}}
 
 
 def _pipelined(client: Any, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray, warmup: int,
