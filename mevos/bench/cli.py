@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or --quick)")
     if device.type != "cuda" and plan.mode == "full":
+        if args.plan is None:
+            raise UsageError("no CUDA GPU here: the default (full) plan is meant for a GPU and takes hours on the "
+                             "CPU; use --quick (or --plan full to insist)")
         print("mevos bench: the full plan on the CPU takes hours; --quick is the CPU-sized one", file=sys.stderr)
     davis = Path(args.davis) if args.davis else Path("../shared/data/davis2016")
     out = Path(args.out)

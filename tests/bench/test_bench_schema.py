@@ -159,3 +159,11 @@ def test_iterations_stop_at_the_budget():
         time.sleep(0.015)
     # one warm-up pass is enough once half the budget is gone; two timed ones once all of it is
     assert seen == [False, True, True]
+
+
+def test_default_plan_refuses_the_cpu(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the default plan runs here")
+    assert main(["bench", "--out", str(tmp_path)]) == 2
+    assert "use --quick" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
