@@ -69,4 +69,4 @@ def run_tracker(backend: Backend, config: TrackerConfig, frames: list[np.ndarray
             total = clock(dev) - start
     timed = len(frames) - warmup
     return {"frames_warmup": warmup, "frames_timed": timed, "fps": timed / total, "ms_per_frame": summarize(ms),
-            **meters.memory()}
+            "frame_ms": ms, **meters.memory()}

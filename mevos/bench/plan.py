@@ -83,7 +83,7 @@ class BenchPlan:
     grpc_resolution: str = "240p"
     grpc_objects: int = 1
     grpc_mem_frames: int = 5
-    grpc_frames: int = 20  # timed frames, after mem_frames + 2 warm-up frames
+    grpc_frames: int = 20  # timed frames per stream (two lock-step rounds), after mem_frames + 2 warm-up frames
     grpc_pipelined: bool = True  # also stream with the client's window (throughput), not only lock-step
     fast: bool = True
     fast_presets: tuple[str, ...] = ("r18",)
@@ -156,7 +156,7 @@ def quick_plan() -> BenchPlan:
         mode="quick", presets=("small",), resolutions=("240p",), objects=(1, 4), mem_frames=(5, 20),
         stage_extra=(("480p", 1, 5),), variants=("baseline", "torch", "onnxruntime"), warmup=2, repeat=5,
         budget_s=5.0, e2e_resolutions=("240p",), e2e_objects=(1,), e2e_mem_frames=(5,), e2e_frames=8,
-        grpc_resolution="240p", grpc_objects=1, grpc_mem_frames=5, grpc_frames=12, grpc_pipelined=True,
+        grpc_resolution="240p", grpc_objects=1, grpc_mem_frames=5, grpc_frames=8, grpc_pipelined=True,
         fast=False, jf_check=False, threads=1,
     )
 

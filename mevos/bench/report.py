@@ -221,9 +221,10 @@ def _section(doc: dict[str, Any], name: str) -> list[str]:
     if srv.get("status") == "ok":
         lock = srv["lockstep"]
         lines += [f"{srv['resolution']}, {srv['objects']} object(s), {srv['mem_frames']} memory frames, "
-                  f"{srv['frames_timed']} timed frames; frames sent as {srv['image_format']}, masks returned as "
-                  f"{srv['mask_encoding']}.", "",
-                  "| stream | FPS | latency median ms | latency p90 ms | in-process ms/frame (own run) "
+                  f"{srv['frames_timed']} timed frames per stream; {srv.get('rounds', 1)} lock-step rounds, each "
+                  f"after an in-process Tracker run on the same frames; frames sent as {srv['image_format']}, masks "
+                  f"returned as {srv['mask_encoding']}.", "",
+                  "| stream | FPS | latency median ms | latency p90 ms | in-process ms/frame "
                   "| serving adds ms/frame (paired) | FPS vs in-process |", "|---|---:|---:|---:|---:|---:|---:|",
                   f"| lock-step (1 in flight) | {_f(lock['fps'], 2)} | {_f(lock['latency_ms']['median'])} "
                   f"| {_f(lock['latency_ms']['p90'])} | {_f(srv['in_process']['ms_per_frame']['median'])} "
@@ -239,8 +240,8 @@ def _section(doc: dict[str, Any], name: str) -> list[str]:
             if k in sm) + "."]
         if "added_ms" in lock:
             a = lock["added_ms"]
-            lines.append(f"What serving adds per frame (paired: round trip minus the server's track time for the same "
-                         f"frame; median ms): {_f(a['total']['median'], 2)}, of which "
+            lines.append(f"What serving adds per frame (paired: round trip minus the tracker's time in the server for "
+                         f"the same frame; median ms): {_f(a['total']['median'], 2)}, of which "
                          f"{_f(a['in_server']['median'], 2)} in the server (decode, queue, batching, encode) and "
                          f"{_f(a['client_and_transport']['median'], 2)} in the client and on the wire.")
         lines.append("")

@@ -271,18 +271,14 @@ class Runner:
         cfg = TrackerConfig(mem_frames=mem, refine_rounds=plan.refine_rounds)
         settings = {**self._row(preset, VARIANTS["torch"], res, objects, mem)}
         clip = video(h, w, objects, warm + plan.grpc_frames)
-        # Measured right before the gRPC run, on the same frames: the contention of a shared
-        # machine drifts, so the two figures should be close in time.
-        in_process = run_tracker(torch_backend, cfg, clip.frames, clip.labels[0], warm)
-        out = run_grpc(torch_backend, cfg, clip.frames, clip.labels[0], warm, plan.grpc_pipelined)
-        lock = out["lockstep"]
-        in_ms = float(in_process["ms_per_frame"]["median"])
+        out = run_grpc(torch_backend, cfg, clip.frames, clip.labels[0], warm, plan.grpc_pipelined,
+                       lambda: run_tracker(torch_backend, cfg, clip.frames, clip.labels[0], warm))
+        lock, local = out["lockstep"], out["in_process"]
         out.update(settings)
-        out["in_process"] = {"fps": in_process["fps"], "ms_per_frame": in_process["ms_per_frame"]}
-        out["overhead_ms_per_frame"] = float(lock["latency_ms"]["median"]) - in_ms
-        out["fps_ratio_grpc_vs_in_process"] = lock["fps"] / in_process["fps"]
+        out["overhead_ms_per_frame"] = float(lock["latency_ms"]["median"]) - float(local["ms_per_frame"]["median"])
+        out["fps_ratio_grpc_vs_in_process"] = lock["fps"] / local["fps"]
         out["added_ms_per_frame"] = float(lock["added_ms"]["total"]["median"])
-        self.log(f"grpc   lock-step {lock['fps']:.2f} FPS (in-process {in_process['fps']:.2f}); serving adds "
+        self.log(f"grpc   lock-step {lock['fps']:.2f} FPS (in-process {local['fps']:.2f}); serving adds "
                  f"{out['added_ms_per_frame']:.1f} ms/frame (paired)")
         return out
 

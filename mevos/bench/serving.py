@@ -5,13 +5,16 @@ encode/decode of the frame, the mask encoding, the scheduler hand-off and the ro
 Two ways of streaming: lock-step (send a frame, wait for its masks: the per-frame latency) and
 pipelined (the client keeps `window` frames in flight, as `mevos stream` does: the throughput).
 What serving adds to a frame is measured per frame, paired: the client's round-trip latency
-minus the server's own `track` time for that frame (split into the server's decode / queue /
-encode and the client plus transport), so the tracker's time, noisy on a shared machine, cancels.
+minus the server's own `track` time for that frame (less the batching wait it holds), split into
+the server's decode / queue / batching / encode and the client plus transport, so the tracker's
+time, noisy on a shared machine, cancels. The thread hand-offs to the scheduler inside `track`
+are not in it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,33 +47,43 @@ def _settings(config: TrackerConfig) -> dict[str, Any]:
             "refine_rounds": config.refine_rounds, "radius": config.radius}
 
 
-def _lockstep(client: Any, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray, warmup: int,
-              device: Any) -> dict[str, Any]:
-    latencies: list[float] = []
-    server_ms: dict[str, list[float]] = {f: [] for f in TIMING_FIELDS}
-    added: dict[str, list[float]] = {"in_server": [], "client_and_transport": [], "total": []}
-    with client.session(settings=_settings(config), encoding=MASK_ENCODING, image_format=IMAGE_FORMAT,
-                        window=1) as s:
-        for i, frame in enumerate(frames):
-            t0 = clock(device)
-            s.send(frame, masks=first_mask if i == 0 else None)
-            r = s.receive()
-            dt = clock(device) - t0
-            if i >= warmup:
-                latencies.append(dt * 1e3)
+class _Lockstep:
+    """Raw per-frame figures of lock-step streams, accumulated over rounds."""
+
+    def __init__(self) -> None:
+        self.latency: list[float] = []
+        self.server: dict[str, list[float]] = {f: [] for f in TIMING_FIELDS}
+        # What serving adds, paired per frame so that the tracker's own (noisy) time cancels:
+        # round trip minus the server's track time, plus the batching wait the track time holds.
+        self.added: dict[str, list[float]] = {"in_server": [], "client_and_transport": [], "total": []}
+
+    def stream(self, client: Any, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray,
+               warmup: int, device: Any) -> None:
+        with client.session(settings=_settings(config), encoding=MASK_ENCODING, image_format=IMAGE_FORMAT,
+                            window=1) as s:
+            for i, frame in enumerate(frames):
+                t0 = clock(device)
+                s.send(frame, masks=first_mask if i == 0 else None)
+                r = s.receive()
+                ms = (clock(device) - t0) * 1e3
+                if i < warmup:
+                    continue
+                t = r.timings
+                self.latency.append(ms)
                 for f in TIMING_FIELDS:
-                    server_ms[f].append(r.timings[f])
-                # Paired per frame, so the tracker's own (noisy) time cancels out.
-                added["in_server"].append(r.timings["total"] - r.timings["track"])
-                added["client_and_transport"].append(dt * 1e3 - r.timings["total"])
-                added["total"].append(dt * 1e3 - r.timings["track"])
-        s.close_send()
-        for _ in s:  # the stream ends after the last answer
-            pass
-    timed = len(frames) - warmup
-    return {"fps": timed / (sum(latencies) / 1e3), "latency_ms": summarize(latencies),
-            "server_ms": {f: summarize(v) for f, v in server_ms.items()},
-            "added_ms": {k: summarize(v) for k, v in added.items()}}
+                    self.server[f].append(t[f])
+                tracker_ms = t["track"] - t["batch_wait"]
+                self.added["in_server"].append(t["total"] - tracker_ms)
+                self.added["client_and_transport"].append(ms - t["total"])
+                self.added["total"].append(ms - tracker_ms)
+            s.close_send()
+            for _ in s:  # the stream ends after the last answer
+                pass
+
+    def result(self) -> dict[str, Any]:
+        return {"fps": len(self.latency) / (sum(self.latency) / 1e3), "latency_ms": summarize(self.latency),
+                "server_ms": {f: summarize(v) for f, v in self.server.items()},
+                "added_ms": {k: summarize(v) for k, v in self.added.items()}}
 
 
 def _pipelined(client: Any, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray, warmup: int,
@@ -88,9 +101,12 @@ def _pipelined(client: Any, config: TrackerConfig, frames: list[np.ndarray], fir
 
 
 def run_grpc(backend: Backend, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray,
-             warmup: int, pipelined: bool) -> dict[str, Any]:
-    """Start a server on port 0 with `backend`, stream `frames` lock-step (and pipelined), stop it.
-    The first `warmup` frames of each stream are untimed; a 2-frame session before them warms
+             warmup: int, pipelined: bool, in_process: Callable[[], dict[str, Any]], rounds: int = 2
+             ) -> dict[str, Any]:
+    """Start a server on port 0 with `backend`; `rounds` times, run `in_process` (the Tracker in
+    this process on the same frames) and then stream `frames` lock-step; then once pipelined;
+    stop the server. Alternating keeps the two sides close in time on a machine whose load
+    drifts. The first `warmup` frames of each stream are untimed; a 2-frame session first warms
     the connection and the server's threads."""
     reason = grpc_unavailable()
     if reason:
@@ -101,16 +117,23 @@ def run_grpc(backend: Backend, config: TrackerConfig, frames: list[np.ndarray], 
     dev = backend.device
     t0 = time.perf_counter()
     server, port = create_server(backend, ServerConfig(host="127.0.0.1", port=0, defaults=config))
+    local: list[float] = []
     try:
         with TrackingClient(f"127.0.0.1:{port}") as client:
             client.wait_ready(timeout=30.0)
             startup = time.perf_counter() - t0
-            _lockstep(client, config, frames[:2], first_mask, 1, dev)
+            _Lockstep().stream(client, config, frames[:2], first_mask, 1, dev)
+            lock = _Lockstep()
             with Meters(dev) as meters:
-                out: dict[str, Any] = {"lockstep": _lockstep(client, config, frames, first_mask, warmup, dev)}
+                for _ in range(rounds):
+                    local += in_process()["frame_ms"]
+                    lock.stream(client, config, frames, first_mask, warmup, dev)
+                out: dict[str, Any] = {"lockstep": lock.result()}
                 if pipelined:
                     out["pipelined"] = _pipelined(client, config, frames, first_mask, warmup, dev)
     finally:
         server.stop(grace=1.0)
     return {"status": "ok", "server_startup_s": startup, "image_format": IMAGE_FORMAT, "mask_encoding": MASK_ENCODING,
-            "frames_warmup": warmup, "frames_timed": len(frames) - warmup, **out, **meters.memory()}
+            "rounds": rounds, "frames_warmup": warmup, "frames_timed": len(frames) - warmup,
+            "in_process": {"fps": len(local) / (sum(local) / 1e3), "ms_per_frame": summarize(local)},
+            **out, **meters.memory()}

@@ -80,11 +80,13 @@ def test_serving_round_or_reason(tiny_run):
         assert srv["status"] == "skipped" and "grpc" in srv["reason"]
         return
     assert srv["status"] == "ok"
-    assert srv["lockstep"]["latency_ms"]["n"] == 2 and srv["lockstep"]["fps"] > 0
+    assert srv["rounds"] == 2 and srv["frames_timed"] == 2
+    assert srv["lockstep"]["latency_ms"]["n"] == 4 and srv["lockstep"]["fps"] > 0
+    assert srv["in_process"]["ms_per_frame"]["n"] == 4
     assert set(srv["lockstep"]["server_ms"]) >= {"decode", "track", "encode", "total"}
     assert math.isfinite(srv["overhead_ms_per_frame"]) and srv["added_ms_per_frame"] > 0
     added = srv["lockstep"]["added_ms"]
-    assert added["total"]["n"] == 2 and added["in_server"]["median"] >= 0
+    assert added["total"]["n"] == 4 and added["in_server"]["median"] >= 0
 
 
 def test_schema_names_what_is_wrong(tiny_run):
