@@ -130,7 +130,7 @@ class Tracker:
 
         probs = self._propagate(image, query, res3, res2, geo) if self.memory and self.memory.object_ids else None
         if given is not None:
-            probs = self._apply_given(probs, given, geo)
+            probs = self._apply_given(probs, given, geo, query.dtype)
         assert probs is not None and self.memory is not None
         ids = list(self.memory.object_ids)
         self._memorise(image, query, probs, pinned=given is not None)
@@ -175,7 +175,7 @@ class Tracker:
             probs = soft_aggregate(torch.sigmoid(logits.float())[:, 0])[1:].unsqueeze(1)
         return probs[:, 0].float()
 
-    def _apply_given(self, probs: Tensor | None, given: Tensor, geo: Geometry) -> Tensor:
+    def _apply_given(self, probs: Tensor | None, given: Tensor, geo: Geometry, dtype: torch.dtype) -> Tensor:
         """Objects in the given label map take their given pixels; the others lose those pixels."""
         given_ids = [int(i) for i in torch.unique(given).tolist() if i != 0]
         if self.memory is None:
@@ -183,7 +183,8 @@ class Tracker:
             self.memory = MemoryBank(
                 self.config.mem_frames, self.config.max_pinned, (h, w),
                 self.backend.config.key_dim, self.backend.config.value_dim,
-                self.backend.device, torch.float32,
+                # The memory keeps the backend's key dtype (fp16 on CUDA), which the fused kernel reads.
+                self.backend.device, dtype,
             )
         self.memory.add_objects([i for i in given_ids if i not in self.memory.object_ids])
         ids = self.memory.object_ids
