@@ -56,6 +56,8 @@ class ServerProcess:
                "--device", args.device, "--log-format", "text"]
         if args.checkpoint:
             cmd += ["--model", args.checkpoint]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         self.log = open(Path(self.tmp.name) / "server.log", "w+")
         self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log, cwd=REPO)
         deadline = time.monotonic() + 120
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the largest count with batching off")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="server torch threads (default: the server's)")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline of one session, seconds")
     parser.add_argument("--out", default=str(RESULTS / "server_load"), help="output path without extension")
     args = parser.parse_args(argv)
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_wait_ms": args.batch_wait_ms,
         "device": args.device,
         "device_note": f"{args.device}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
+        "torch_threads": args.threads or "server default (1 on the CPU)",
         "torch_threads_note": "server and clients share the machine's cores",
         "weights": args.checkpoint or "default (untrained small preset unless shipped weights exist)",
         "runs": runs,

@@ -62,7 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--grace", type=float, default=10.0,
                      help="seconds open sessions get to finish on SIGTERM (default 10)")
     parser.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines (default json)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads per calling thread (default: 1 on the CPU, where sessions "
+                             "and the scheduler already run in parallel threads and more oversubscribes the cores; "
+                             "torch's choice on CUDA)")
     add_model_arguments(parser)
     add_tracker_arguments(parser)
 
@@ -79,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from mevos.server.limits import Limits
 
     logs.configure(args.log_format)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (None if str(args.device).startswith("cuda") else 1)
+    if threads:
+        torch.set_num_threads(threads)
     limits = Limits(
         max_sessions=args.max_sessions, max_frame_side=args.max_frame_side, max_objects=args.max_objects,
         max_message_bytes=int(args.max_message_mb * 2**20), idle_timeout_s=args.idle_timeout,

@@ -24,6 +24,17 @@ from mevos.server import ServerConfig, create_server  # noqa: E402
 TRACKING = ["--top-k", "10", "--mem-frames", "4", "--refine-rounds", "1"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """As `mevos serve` on the CPU: one intra-op thread per calling thread (see tests/server)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def backend() -> TorchBackend:
     return TorchBackend(build_model(preset("small"), seed=0), device="cpu", precision="fp32")

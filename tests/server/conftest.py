@@ -24,6 +24,19 @@ SETTINGS = {"top_k": 10, "mem_frames": 4, "refine_rounds": 1}
 TRACKER = TrackerConfig(top_k=10, mem_frames=4, refine_rounds=1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Sessions and the scheduler run in parallel threads; torch's own intra-op threads on top
+    oversubscribe a small machine badly (seconds per frame instead of tens of ms), so these
+    tests run as `mevos serve` does on the CPU: one intra-op thread per calling thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def backend() -> TorchBackend:
     import torch
