@@ -33,15 +33,22 @@ VARIANTS = {
     "c_r0": ("correspondence only (phase 1), coarse mask only (refine_rounds=0)", "corr_final.pt", 0),
     "d": ("correspondence + mask embedding (phase 1 + joint phase)", "final.pt", 2),
     "d_r0": ("correspondence + mask embedding, coarse mask only (refine_rounds=0)", "final.pt", 0),
+    # The same-steps control: phase 1 continued through the joint epochs with w_seg = 0 (same
+    # batches, same learning rates, no clustering), i.e. correspondence only for as many steps as (d).
+    "e": ("correspondence only for as many steps as (d) (control run)", "CONTROL/final.pt", 2),
+    "e_r0": ("correspondence only for as many steps as (d), coarse mask only (refine_rounds=0)", "CONTROL/final.pt", 0),
 }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="out/train-small", help="run folder of `mevos train` (corr_final.pt, final.pt)")
+    p.add_argument("--control", default="out/train-corr-only",
+                   help="run folder of the same-steps correspondence-only control (variant e)")
     p.add_argument("--davis", default="../shared/data/davis2016")
     p.add_argument("--short-side", type=int, default=240, help="evaluation resolution (short side, pixels)")
     p.add_argument("--only", default=",".join(["a", *VARIANTS]), help="comma-separated variants to (re)compute")
+    p.add_argument("--merge", nargs="*", default=[], help="JSON files of partial runs to merge into --out first")
     p.add_argument("--out", default="benchmarks/results/train_experiment.json")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -49,21 +56,29 @@ def main() -> int:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.setdefault("variants", {})
+    for extra in args.merge:
+        part = json.loads(Path(extra).read_text())
+        results["variants"].update(part.get("variants", {}))
+        for key in ("sequences", "settings"):
+            results.setdefault(key, part.get(key))
+    if args.merge:
+        _write(out, results, args)
     run = Path(args.run)
-    for name in args.only.split(","):
+    for name in [n for n in args.only.split(",") if n]:
         if name == "a":
             continue  # every evaluation carries the baseline; stored from the first one
         label, ckpt, rounds = VARIANTS[name]
         if ckpt is None:
             model, meta = build_model(preset("small"), seed=0), {"trained": False}
         else:
-            model, meta = load_checkpoint(run / ckpt)
+            ckpt = ckpt.replace("CONTROL/", str(Path(args.control)) + "/") if ckpt.startswith("CONTROL/") else str(run / ckpt)
+            model, meta = load_checkpoint(ckpt)
         cfg = TrackerConfig(short_side=args.short_side, refine_rounds=rounds)
         t0 = time.perf_counter()
         r = evaluate_davis(model, args.davis, cfg)
         seconds = time.perf_counter() - t0
         results["variants"][name] = {
-            "label": label, "checkpoint": str(run / ckpt) if ckpt else None, "refine_rounds": rounds,
+            "label": label, "checkpoint": ckpt, "refine_rounds": rounds,
             "JF": r.overall.JF_mean, "J": r.overall.J_mean, "F": r.overall.F_mean,
             "per_sequence_JF": r.per_sequence, "eval_seconds": round(seconds, 1),
             "train_steps": meta.get("steps"), "train_epochs": meta.get("epochs"),

@@ -134,7 +134,7 @@ PRESETS: dict[str, TrainConfig] = {
     # The `small` model on ~1.5k frames (22 DAVIS train videos) within about an hour of two CPU
     # cores: the same two phases, scaled (see mevos/assets/small.md for the run that shipped).
     "cpu": TrainConfig(
-        model="small", crop_size=256, batch_size=4, clips_per_video=4, corr_epochs=16, joint_epochs=8,
+        model="small", crop_size=256, batch_size=4, clips_per_video=4, corr_epochs=14, joint_epochs=7,
         lr=3e-4, lr_step_epochs=6, joint_lr=1e-4, recluster_every=4, kmeans_iters=50, kmeans_points=20000,
         cluster_short_side=192,
     ),

@@ -193,6 +193,7 @@ class Trainer:
             "videos": len(self.data), "frames": self.data.num_frames, "bad_frames": self.data.bad_frames,
             "command": self.options.command, "train_config": json.dumps(self.config.to_dict()),
             "phase": self.phase(max(s.epoch - 1, 0)), "world_size": self.world,
+            "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
     def save(self, name: str, with_state: bool = True) -> Path | None:
