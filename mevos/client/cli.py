@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mevos.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,28 +61,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mevos.client.client import TrackingClient
-    from mevos.data.overlay import overlay
-    from mevos.data.palette import read_label_png, write_label_png
-    from mevos.data.video import ImageFolderSource, VideoWriter, open_frames
-    from mevos.runtime.cli import finish_output, prepare_output
+    from mevos.data.results import ResultWriter, read_first_mask
+    from mevos.data.video import open_frames
     from mevos.server.auth import load_token
 
     source = open_frames(args.source)
-    mask = read_label_png(args.mask)
-    if mask.shape != source.size:
-        raise InputError(f"{args.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the frame size "
-                         f"{source.size[1]}x{source.size[0]} of {args.source}")
-    if not mask.any():
-        raise InputError(f"{args.mask}: the mask has no object (every pixel is 0 = background)")
+    mask = read_first_mask(args.mask, source)
     token = load_token(args.token_file)
     root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     settings = {k: getattr(args, k) for k in ("top_k", "temperature", "mem_frames", "refine_rounds", "radius",
                                               "short_side")}
-    out = Path(args.out)
-    tmp = prepare_output(out, args.force)
-    names = [p.stem for p in source.paths] if isinstance(source, ImageFolderSource) else None
-    overlay_path = None if args.overlay == "none" else Path(args.overlay) if args.overlay else out / "overlay.mp4"
-    writer = VideoWriter(tmp / "overlay.mp4", fps=source.fps or 24.0) if overlay_path else None
     total = source.num_frames if args.max_frames is None else min(args.max_frames, source.num_frames or args.max_frames)
     # Frames the sender has read, kept until their mask arrives (for the overlay): at most the
     # in-flight window, since the server answers in order.
@@ -93,37 +79,21 @@ def run(args: argparse.Namespace) -> int:
 
     def remember() -> Iterator[np.ndarray]:
         for i, frame in enumerate(frames):
-            if writer is not None:
-                pending[i] = frame
+            pending[i] = frame
             yield frame
 
-    count, objects, t0 = 0, 0, time.perf_counter()
-    try:
-        with TrackingClient(args.server, token=token, tls=args.tls, root_certificates=root) as client:
-            bar = tqdm(total=total, unit="frame", desc=f"stream {source.name}", file=sys.stderr)
-            for result in client.track(remember(), mask, settings=settings, encoding=args.encoding,
-                                       image_format=args.image_format, jpeg_quality=args.jpeg_quality,
-                                       window=args.window, timeout=args.timeout, client_tag=f"stream {source.name}"):
-                i = result.index
-                write_label_png(tmp / f"{names[i] if names else f'{i:05d}'}.png", result.labels)
-                if writer is not None:
-                    writer.write(overlay(pending.pop(i), result.labels))
-                count, objects = count + 1, len(result.objects)
-                bar.update(1)
-                bar.set_postfix(fps=f"{count / (time.perf_counter() - t0):.1f}")
-            bar.close()
-        if writer is not None:
-            writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finish_output(tmp, out)
-    if overlay_path is not None and overlay_path != out / "overlay.mp4":
-        overlay_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(out / "overlay.mp4"), overlay_path)
+    objects, t0 = 0, time.perf_counter()
+    with ResultWriter(args.out, source, force=args.force, overlay=args.overlay) as results, \
+            TrackingClient(args.server, token=token, tls=args.tls, root_certificates=root) as client, \
+            tqdm(total=total, unit="frame", desc=f"stream {source.name}", file=sys.stderr) as bar:
+        for result in client.track(remember(), mask, settings=settings, encoding=args.encoding,
+                                   image_format=args.image_format, jpeg_quality=args.jpeg_quality,
+                                   window=args.window, timeout=args.timeout, client_tag=f"stream {source.name}"):
+            results.write(result.index, pending.pop(result.index), result.labels)
+            objects = len(result.objects)
+            bar.update(1)
+            bar.set_postfix(fps=f"{results.count / (time.perf_counter() - t0):.1f}")
     seconds = time.perf_counter() - t0
-    print(f"mevos stream: {count} frames, {objects} object(s), {count / seconds:.1f} FPS via {args.server} "
-          f"-> {out}" + (f" (overlay {overlay_path})" if overlay_path else ""))
+    print(f"mevos stream: {results.count} frames, {objects} object(s), {results.count / seconds:.1f} FPS via "
+          f"{args.server} -> {results.out}" + (f" (overlay {results.overlay_path})" if results.overlay_path else ""))
     return 0
