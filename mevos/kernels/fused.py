@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mevos.errors import MevosError, UsageError
 from mevos.kernels import nvrtc
-from mevos.kernels.reference import _check_affinity_args, _check_chunk_size
+from mevos.kernels.reference import _check_affinity_args, _check_chunk_size, check_readout_args
 
 __all__ = ["Unsupported", "MAX_K", "topk_affinity", "readout"]
 
@@ -160,28 +160,6 @@ def topk_affinity(
     return weights, indices
 
 
-def _check_readout_args(weights: Tensor, indices: Tensor, memory: Tensor, chunk_size: int) -> None:
-    """The reference's checks, minus the index range (the kernel checks it on the device)."""
-    if not all(isinstance(t, Tensor) for t in (weights, indices, memory)):
-        raise UsageError("weights, indices and memory must be torch tensors")
-    if weights.ndim != 2 or indices.ndim != 2 or memory.ndim != 2:
-        raise UsageError(
-            f"readout needs weights P x k, indices P x k and memory M x C, got shapes "
-            f"{tuple(weights.shape)}, {tuple(indices.shape)}, {tuple(memory.shape)}"
-        )
-    if weights.shape != indices.shape:
-        raise UsageError(f"weights {tuple(weights.shape)} and indices {tuple(indices.shape)} differ in shape")
-    if not weights.dtype.is_floating_point or not memory.dtype.is_floating_point:
-        raise UsageError(f"weights and memory must have floating dtypes, got {weights.dtype} and {memory.dtype}")
-    if indices.dtype != torch.int64:
-        raise UsageError(f"indices must be int64, got {indices.dtype}")
-    if not (weights.device == indices.device == memory.device):
-        raise UsageError(
-            f"weights, indices and memory must be on one device, got {weights.device}, {indices.device}, {memory.device}"
-        )
-    _check_chunk_size(chunk_size)
-
-
 def readout_unsupported(memory: Tensor, weights: Tensor) -> str | None:
     """Why the fused readout cannot serve this (validated) call, or None when it can."""
     if not memory.is_cuda:
@@ -196,7 +174,7 @@ def readout_unsupported(memory: Tensor, weights: Tensor) -> str | None:
 def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024) -> Tensor:
     """mevos.kernels.reference.readout on the GPU: weights P x k (float), indices P x k int64
     (-1 = empty), memory M x C (fp16/bf16/fp32) -> P x C float32. chunk_size: validated, unused."""
-    _check_readout_args(weights, indices, memory, chunk_size)
+    check_readout_args(weights, indices, memory, chunk_size)
     why = readout_unsupported(memory, weights)
     if why:
         raise Unsupported(f"fused readout does not support {why}")

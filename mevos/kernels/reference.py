@@ -268,14 +268,9 @@ def dense_topk_affinity(
 # Readout
 
 
-def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024) -> Tensor:
-    """Weighted sum of memory rows.
-
-    weights P x k, indices P x k (int64, -1 = empty slot, contributes nothing), memory M x C (any
-    float dtype; M = T*P flattened memory positions; C = per-object values O*512 concatenated, or
-    O masks). Returns P x C float32: out[p] = sum_j weights[p, j] * memory[indices[p, j]].
-    Gathers chunk_size x k x C at a time.
-    """
+def check_readout_args(weights: Tensor, indices: Tensor, memory: Tensor, chunk_size: int) -> None:
+    """Types, shapes, dtypes and devices of readout's arguments (not the index range, which the
+    reference checks on the host and the fused kernel on the device)."""
     if not all(isinstance(t, Tensor) for t in (weights, indices, memory)):
         raise UsageError("weights, indices and memory must be torch tensors")
     if weights.ndim != 2 or indices.ndim != 2 or memory.ndim != 2:
@@ -293,6 +288,17 @@ def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int
         devices = f"{weights.device}, {indices.device}, {memory.device}"
         raise UsageError(f"weights, indices and memory must be on one device, got {devices}")
     _check_chunk_size(chunk_size)
+
+
+def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """Weighted sum of memory rows.
+
+    weights P x k, indices P x k (int64, -1 = empty slot, contributes nothing), memory M x C (any
+    float dtype; M = T*P flattened memory positions; C = per-object values O*512 concatenated, or
+    O masks). Returns P x C float32: out[p] = sum_j weights[p, j] * memory[indices[p, j]].
+    Gathers chunk_size x k x C at a time.
+    """
+    check_readout_args(weights, indices, memory, chunk_size)
     P, k = weights.shape
     M, C = memory.shape
     if indices.numel() and (int(indices.min()) < -1 or int(indices.max()) >= M):
