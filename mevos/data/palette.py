@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mevos.data._files import temp_beside
+from mevos.atomic import atomic_open
 from mevos.errors import InputError, UsageError
 
 
@@ -109,11 +109,5 @@ def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> None:
     arr8 = np.ascontiguousarray(arr, dtype=np.uint8)
     im = Image.frombytes("P", (arr8.shape[1], arr8.shape[0]), arr8.tobytes())
     im.putpalette(PALETTE.tobytes())
-    tmp = temp_beside(p)
-    try:
-        with open(tmp, "wb") as f:
-            im.save(f, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(p, "wb", durable=False) as f:
+        im.save(f, format="PNG")

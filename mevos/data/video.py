@@ -16,7 +16,7 @@ from types import TracebackType
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mevos.data._files import temp_beside
+from mevos.atomic import temp_beside
 from mevos.errors import InputError, UsageError
 
 #: File name endings (lower case) that make a file in a frame folder count as a frame.

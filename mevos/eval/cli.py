@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mevos.eval.evaluate import evaluate, format_table, global_csv, per_object_csv, write_text_atomic
+    from mevos.atomic import write_text_atomic
+    from mevos.eval.evaluate import evaluate, format_table, global_csv, per_object_csv
 
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")

@@ -351,19 +351,6 @@ def global_csv(rows: Mapping[str, GlobalScores]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a file so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def format_table(rows: Mapping[str, GlobalScores]) -> str:
     """The global table for a terminal: one row per label, the columns of GLOBAL_COLUMNS."""
     width = max([len(k) for k in rows] + [8])

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from mevos import __version__
+from mevos.atomic import write_bytes_atomic
 from mevos.errors import InputError, MevosError, MissingExtraError, UsageError
 from mevos.export.graphs import GRAPH_NAMES, GraphSpec, graph_specs
 from mevos.export.manifest import (
@@ -29,7 +30,6 @@ from mevos.export.manifest import (
     Profile,
     load_onnx_export,
     sha256_file,
-    write_bytes_atomic,
     write_json_atomic,
 )
 

@@ -9,14 +9,13 @@ torch's device and current stream: the primary context torch uses is the one cud
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mevos.atomic import write_bytes_atomic
 from mevos import env
 from mevos.errors import MevosError, require
 
@@ -106,11 +105,7 @@ def compile_cubin(source: str, arch: str, defines: dict[str, int], *, use_cache:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Best effort: a cache that cannot be written only costs a recompile next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     except OSError:
         pass
 

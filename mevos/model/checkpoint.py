@@ -7,7 +7,6 @@ only tensors and plain Python types, so it loads with `weights_only=True` (no pi
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from mevos import __version__
+from mevos.atomic import atomic_open
 from mevos.errors import CheckpointError, UsageError
 from mevos.model.config import ModelConfig
 from mevos.model.network import MevosNet
@@ -24,21 +24,10 @@ VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """torch.save to a temporary file in the target folder, fsync, then rename into place, so a
-    crash or a full disk never leaves a partial file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through mevos.atomic: a crash never leaves a partial file under `path`."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def save_checkpoint(

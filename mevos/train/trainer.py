@@ -26,7 +26,7 @@ import torch.distributed as dist
 from mevos.errors import CheckpointError, UsageError
 from mevos.model.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from mevos.model.config import preset
-from mevos.model.network import MevosNet, build_model
+from mevos.model.network import build_model
 from mevos.train.cluster import cluster_video
 from mevos.train.config import TrainConfig
 from mevos.train.data import VideoSet, crop_labels, resize_for_clustering, sample_clip
