@@ -27,6 +27,8 @@ import numpy as np
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mevos.errors import require
 
+    from mevos.runtime.options import add_tracker_arguments
+
     require("grpc", "serve", "mevos stream", package="grpcio")
     require("google.protobuf", "serve", "mevos stream", package="protobuf")
     parser.add_argument("source", help="folder of frames (sorted by name) or a video file")
@@ -48,13 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--token-file", default=None, help="bearer token file (default: $MEVOS_TOKEN if set)")
     s.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     s.add_argument("--tls-ca", default=None, metavar="PEM", help="use TLS, trusting this CA certificate")
-    t = parser.add_argument_group("tracking (default: the server's)")
-    t.add_argument("--top-k", type=int, default=None, help="memory matches per pixel")
-    t.add_argument("--temperature", type=float, default=None, help="softmax temperature of the affinity")
-    t.add_argument("--mem-frames", type=int, default=None, help="recent frames kept in memory")
-    t.add_argument("--refine-rounds", type=int, default=None, help="recurrent refinement rounds R")
-    t.add_argument("--radius", type=int, default=None, help="locality radius in feature cells")
-    t.add_argument("--short-side", type=int, default=None, help="process frames at this short side")
+    add_tracker_arguments(parser, server_defaults=True)
 
 
 def run(args: argparse.Namespace) -> int:

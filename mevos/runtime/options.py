@@ -21,21 +21,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="auto = fp16 on CUDA, fp32 on the CPU")
 
 
-def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
-    """The TrackerConfig fields as options, defaults from TrackerConfig."""
+def add_tracker_arguments(parser: argparse.ArgumentParser, server_defaults: bool = False) -> None:
+    """The TrackerConfig fields as options, defaults from TrackerConfig; with server_defaults
+    (`mevos stream`) every option defaults to None, meaning: the server's setting."""
     d = TrackerConfig()
-    g = parser.add_argument_group("tracking (defaults: the paper's DAVIS protocol)")
-    g.add_argument("--top-k", type=int, default=d.top_k, help=f"memory matches per pixel (default {d.top_k})")
-    g.add_argument("--temperature", type=float, default=d.temperature,
-                   help=f"softmax temperature of the affinity (default {d.temperature})")
-    g.add_argument("--mem-frames", type=int, default=d.mem_frames,
-                   help=f"recent frames kept in memory besides the pinned ones (default {d.mem_frames})")
-    g.add_argument("--refine-rounds", type=int, default=d.refine_rounds,
-                   help=f"recurrent refinement rounds R (default {d.refine_rounds})")
-    g.add_argument("--radius", type=int, default=d.radius,
-                   help="locality radius in feature cells for non-pinned memory frames (default: none; paper: 12)")
-    g.add_argument("--short-side", type=int, default=d.short_side,
-                   help="process frames at this short side in pixels (default: the input size)")
+    title = "tracking (default: the server's)" if server_defaults else "tracking (defaults: the paper's DAVIS protocol)"
+    g = parser.add_argument_group(title)
+    options = [
+        ("--top-k", int, d.top_k, "memory matches per pixel"),
+        ("--temperature", float, d.temperature, "softmax temperature of the affinity"),
+        ("--mem-frames", int, d.mem_frames, "recent frames kept in memory besides the pinned ones"),
+        ("--refine-rounds", int, d.refine_rounds, "recurrent refinement rounds R"),
+        ("--radius", int, d.radius, "locality radius in feature cells for non-pinned memory frames (paper: 12)"),
+        ("--short-side", int, d.short_side, "process frames at this short side in pixels"),
+    ]
+    for flag, kind, value, help_text in options:
+        if server_defaults:
+            shown = "the server's"
+        elif value is None:
+            shown = "the input size" if flag == "--short-side" else "none"
+        else:
+            shown = str(value)
+        g.add_argument(flag, type=kind, default=None if server_defaults else value,
+                       help=f"{help_text} (default: {shown})")
 
 
 def tracker_config_from_args(args: argparse.Namespace) -> TrackerConfig:
