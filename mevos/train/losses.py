@@ -37,6 +37,12 @@ def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, tempera
     return F.cross_entropy(logits.flatten(0, 1), match.flatten())
 
 
+def distill_loss(key: Tensor, target: Tensor) -> Tensor:
+    """Mean over pixels of 1 - cosine(key, target); key B x D x h x w (gradient), target the
+    teacher's B x D x h x w descriptors (no gradient)."""
+    return (1 - F.cosine_similarity(key, target.detach(), dim=1)).mean()
+
+
 def affinity(ref_keys: Tensor, query_key: Tensor, temperature: float, top_k: int = 0) -> Tensor:
     """Eq. 6. ref_keys B x N x D x h x w, query_key B x D x h x w (unit norm) -> A: B x Nhw x hw,
     softmax over the references for each query pixel (top-k only when top_k > 0, as the runtime)."""

@@ -1,5 +1,6 @@
 """The training objective as one module, so DistributedDataParallel can wrap it: a batch of clips
-in, the loss terms out (Eq. 16: L_seg + w_short L_short + w_long L_long)."""
+in, the loss terms out (Eq. 16: L_seg + w_short L_short + w_long L_long, plus w_distill L_distill
+when a teacher is set)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import Tensor, nn
 
 from mevos.model.network import MevosNet
 from mevos.train.config import TrainConfig
-from mevos.train.losses import long_loss, seg_forward, seg_loss, short_loss
+from mevos.errors import UsageError
+from mevos.train.losses import distill_loss, long_loss, seg_forward, seg_loss, short_loss
 from mevos.train.transforms import Transform, apply_batch
 
 
@@ -33,23 +35,39 @@ class Objective(nn.Module):
         super().__init__()
         self.model = model
         self.config = config
+        self.teacher: nn.Module | None = None
+        if config.teacher == "xfeat":
+            from mevos.train.teacher import XFeatTeacher
+
+            teacher = XFeatTeacher()
+            if teacher.dim != model.config.key_dim:
+                raise UsageError(f"the xfeat teacher gives {teacher.dim}-d descriptors but the "
+                                 f"'{model.config.name}' model has {model.config.key_dim}-d keys")
+            self.teacher = teacher
 
     def forward(self, frames: Tensor, phi_short: list[Transform], phi_long: list[Transform],
                 seg: SegTargets | None = None) -> dict[str, Tensor]:
-        """frames B x 3 x 3 x S x S (t, t+1, t') -> {'short', 'long'[, 'seg'], 'total'}."""
+        """frames B x 3 x 3 x S x S (t, t+1, t') -> {'short', 'long'[, 'distill'][, 'seg'], 'total'}.
+        With w_short = w_long = 0 the two Phi views are not encoded (and their losses not computed)."""
         cfg = self.config
         b, s = frames.shape[0], frames.shape[-1]
         g = (s // 8, s // 8)
         f = frames.unbind(1)
-        phi_t = apply_batch(f[0], phi_short, (s, s))
-        phi_far = apply_batch(f[2], phi_long, (s, s))
-        keys, res3, res2 = self.model.encode_key(torch.cat([f[0], f[1], f[2], phi_t, phi_far]))
-        k_t, k_next, k_far, k_phi_t, k_phi_far = keys.split(b)
-        out = {
-            "short": short_loss(k_phi_t, apply_batch(k_next, phi_short, g), cfg.corr_temperature),
-            "long": long_loss(k_phi_far, apply_batch(k_far, phi_long, g), k_t, cfg.corr_temperature),
-        }
-        total = cfg.w_short * out["short"] + cfg.w_long * out["long"]
+        corr = cfg.w_short > 0 or cfg.w_long > 0
+        views = [f[0], f[1], f[2]]
+        if corr:
+            views += [apply_batch(f[0], phi_short, (s, s)), apply_batch(f[2], phi_long, (s, s))]
+        keys, res3, res2 = self.model.encode_key(torch.cat(views))
+        k_t, k_next, k_far, *k_phi = keys.split(b)
+        out: dict[str, Tensor] = {}
+        total = keys.new_zeros(())
+        if corr:
+            out["short"] = short_loss(k_phi[0], apply_batch(k_next, phi_short, g), cfg.corr_temperature)
+            out["long"] = long_loss(k_phi[1], apply_batch(k_far, phi_long, g), k_t, cfg.corr_temperature)
+            total = cfg.w_short * out["short"] + cfg.w_long * out["long"]
+        if self.teacher is not None:
+            out["distill"] = distill_loss(keys[: 3 * b], self.teacher(torch.cat(views[:3])))
+            total = total + cfg.w_distill * out["distill"]
         if seg is not None and bool(seg.valid.any()):
             out["seg"] = self._seg(frames, torch.stack([k_t, k_next, k_far], 1), res3[: 3 * b], res2[: 3 * b], seg)
             total = total + cfg.w_seg * out["seg"]
