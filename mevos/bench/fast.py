@@ -46,7 +46,7 @@ from torch import Tensor
 
 from mevos.errors import InputError, UsageError
 from mevos.kernels import ops, reference
-from mevos.kernels.reference import soft_aggregate
+from mevos.kernels.reference import soft_aggregate, with_background
 from mevos.model.network import MevosNet
 from mevos.runtime.geometry import STRIDE, Geometry
 from mevos.runtime.tracker import TrackerConfig
@@ -241,7 +241,8 @@ class FastTracker:
         return v, m
 
     def _labels(self) -> Tensor:
-        full = self.geo.to_input(soft_aggregate(self.probs[:, 0]))
+        p = self.probs[:, 0]
+        full = self.geo.to_input(with_background(p) if self.config.refine_rounds > 0 else soft_aggregate(p))
         return self.lut[full.argmax(dim=0)]
 
     # -- per frame -------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch import Tensor
 from mevos.bench.measure import Iterations, clock, summarize, sync
 from mevos.bench.workload import FilledMemory
 from mevos.kernels import ops, reference
-from mevos.kernels.reference import soft_aggregate
+from mevos.kernels.reference import soft_aggregate, with_background
 from mevos.runtime.backend import Backend
 from mevos.runtime.geometry import STRIDE, Geometry
 from mevos.runtime.memory import AffinityConfig
@@ -169,7 +169,7 @@ def time_network(backend: Backend, frame: np.ndarray, geometry: Geometry, readou
         slot_m.copy_(small.reshape(o, p).t())
         t4 = clock(dev)
         ms["memory_write"] = t4 - t3
-        full = geometry.to_input(soft_aggregate(probs))
+        full = geometry.to_input(with_background(probs) if refine_rounds > 0 else soft_aggregate(probs))
         lut[full.argmax(dim=0)].cpu().numpy()
         full[1:].float().cpu().numpy()
         t5 = clock(dev)

@@ -370,6 +370,19 @@ def soft_aggregate(probs: Tensor) -> Tensor:
     return odds / odds.sum(dim=0, keepdim=True)
 
 
+def with_background(aggregated: Tensor) -> Tensor:
+    """The (O+1) x H x W distribution of probabilities that are already soft-aggregated.
+
+    aggregated: O x H x W, the object channels of soft_aggregate's output (what a refinement round
+    leaves). Returns (O+1) x H x W float32 with background 1 - sum at index 0: equal to the
+    soft_aggregate output they came from, without aggregating (and sharpening) a second time.
+    """
+    if not isinstance(aggregated, Tensor) or aggregated.ndim != 3 or not aggregated.dtype.is_floating_point:
+        raise UsageError(f"aggregated must be a floating O x H x W tensor, got {getattr(aggregated, 'shape', type(aggregated))}")
+    p = aggregated.float()
+    return torch.cat(((1 - p.sum(dim=0, keepdim=True)).clamp_min(0), p), dim=0)
+
+
 def labels_from_probs(probs_with_bg: Tensor, object_ids: Sequence[int]) -> Tensor:
     """Label map from soft_aggregate's output.
 

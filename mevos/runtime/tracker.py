@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mevos.errors import InputError, UsageError
-from mevos.kernels.reference import soft_aggregate
+from mevos.kernels.reference import soft_aggregate, with_background
 from mevos.runtime.backend import Backend
 from mevos.runtime.geometry import STRIDE, Geometry
 from mevos.runtime.memory import AffinityConfig, MemoryBank
@@ -128,13 +128,17 @@ class Tracker:
         query = key[0].reshape(key.shape[1], h * w).t()
         stages: dict[str, float] = {}
 
-        probs = self._propagate(image, query, res3, res2, geo) if self.memory and self.memory.object_ids else None
+        probs, aggregated = None, False
+        if self.memory and self.memory.object_ids:
+            probs = self._propagate(image, query, res3, res2, geo)
+            aggregated = self.config.refine_rounds > 0  # the last round aggregated the objects already
         if given is not None:
-            probs = self._apply_given(probs, given, geo, query.dtype)
+            probs, aggregated = self._apply_given(probs, given, geo, query.dtype), False
         assert probs is not None and self.memory is not None
         ids = list(self.memory.object_ids)
         self._memorise(image, query, probs, pinned=given is not None)
-        full = geo.to_input(soft_aggregate(probs))  # (O+1) x H x W
+        # Objects are merged by soft aggregation exactly once per frame.
+        full = geo.to_input(with_background(probs) if aggregated else soft_aggregate(probs))  # (O+1) x H x W
         lut = torch.tensor([0, *ids], dtype=torch.uint8, device=full.device)
         labels = lut[full.argmax(dim=0)]
         if given is not None:
@@ -161,7 +165,8 @@ class Tracker:
     # -- stages -----------------------------------------------------------------------------
 
     def _propagate(self, image: Tensor, query: Tensor, res3: Tensor, res2: Tensor, geo: Geometry) -> Tensor:
-        """Read the memory and refine (Eq. 6-9, Algorithm 1) -> O x H'' x W'' probabilities."""
+        """Read the memory and refine (Eq. 6-9, Algorithm 1) -> O x H'' x W'' probabilities: the
+        coarse mask A^T Y_r when refine_rounds = 0, else the soft-aggregated objects of the last round."""
         assert self.memory is not None
         h, w = geo.grid
         readout, coarse = self.memory.read(query, self.config.affinity)

@@ -33,9 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, help="start from the weights of this checkpoint (fresh schedule)")
     parser.add_argument("--export", default=None, help="also write the final weights (no training state) here")
     parser.add_argument("--davis", default=None, help="DAVIS folder to evaluate J&F on (at the end, and every --eval-every epochs)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="DIR",
+                        help="evaluation video that must never train: training videos holding any frame "
+                             "byte-identical to one under DIR are skipped (repeatable; --davis is always excluded)")
     parser.add_argument("--eval-every", type=int, default=0, help="epochs between DAVIS evaluations (0: only at the end)")
     parser.add_argument("--eval-short-side", type=int, default=240, help="DAVIS frames are evaluated at this short side")
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    parser.add_argument("--snapshot-every", type=int, default=0,
+                        help="steps between weights-only snapshots OUT/snapshots/step<N>.pt, e.g. for a "
+                             "quality-against-compute curve (default 0: none)")
     parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -65,13 +71,15 @@ def run(args: argparse.Namespace) -> int:
             command="mevos train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"]
             else "mevos train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             export=Path(args.export) if args.export else None, threads=args.threads,
-            rank_weights=args.rank_weights,
+            rank_weights=args.rank_weights, exclude=tuple(Path(e) for e in args.exclude),
+            snapshot_every=args.snapshot_every,
         )
         trainer = Trainer(config, args.data, options, resume=resume, init=args.init, device=args.device)
         if trainer.rank == 0:
             print(f"mevos train: {len(trainer.data)} videos, {trainer.data.num_frames} frames, "
                   f"{trainer.steps_per_epoch} steps/epoch x {config.epochs} epochs, {trainer.world} process(es), "
-                  f"model {config.model}, crop {config.crop_size}" + (f", resumed at step {trainer.state.step}" if resume else ""),
+                  f"model {config.model}, crop {config.crop_size}" + (f", resumed at step {trainer.state.step}" if resume else "")
+                  + (f"; excluded (evaluation frames): {', '.join(trainer.data.excluded)}" if trainer.data.excluded else ""),
                   file=sys.stderr)
         final = trainer.run()
         if trainer.rank == 0:

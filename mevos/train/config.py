@@ -63,6 +63,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0: off
     seed: int = 0
+    # -- arithmetic: the networks under autocast in bf16 ("auto": where the device has native bf16,
+    # e.g. a CPU with AVX512-BF16/AMX); losses, affinities and weights stay float32 (objective.autocast_dtype)
+    precision: str = "auto"  # "auto", "bf16" or "fp32"
 
     def __post_init__(self) -> None:
         from mevos.model.config import PRESETS
@@ -88,6 +91,7 @@ class TrainConfig:
             (self.lr > 0 and self.joint_lr > 0 and self.lr_step_epochs >= 1, "learning rates must be > 0"),
             (min(self.w_seg, self.w_short, self.w_long, self.w_distill) >= 0, "loss weights must be >= 0"),
             (self.teacher in ("", "xfeat"), "teacher must be '' (none) or 'xfeat'"),
+            (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
             ((self.w_distill > 0) == bool(self.teacher), "w_distill > 0 needs a teacher, and a teacher needs w_distill > 0"),
         ]
         for ok, msg in checks:
@@ -136,12 +140,39 @@ def parse_override(text: str) -> tuple[str, Any]:
 PRESETS: dict[str, TrainConfig] = {
     # Section 3.3 as written.
     "paper": TrainConfig(),
+    # The paper's r18, batch 16, crops and losses on the 22 DAVIS-2016 train videos (1,452 frames,
+    # short side 288) in ~6 minutes of one H100/H200: scripts/gpu_train.sh (README, "On a GPU").
+    # Epochs of 32 clips per video (44 steps); 15 correspondence + 5 joint epochs (the paper's 3:1),
+    # lr halved every 5 (the paper: every 100 of 300); one clustering, at the start of phase 2.
+    # 880 steps are ~1% of the paper's ~87k (YouTube-VOS: 217 steps/epoch x 400), so the learning
+    # rates are the cpu preset's scaled ones, 3e-4 / 1e-4 instead of 1e-4 / 1e-5: V and D, untouched
+    # in phase 1, must learn in 220 steps (the cpu run: J&F 0.03 without phase 2, 0.26 with it).
+    # Step time from the FLOPs (torch.utils.flop_counter, one 256x256 clip, forward + backward):
+    # 363 GFLOP in phase 1 (E on 5 views), 644 in phase 2 (+ V on 3 images, D): 5.8 and 10.3 TFLOP
+    # per batch of 16. At ~60 TFLOP/s achieved on an H200 (fp32 weights, cuDNN's TF32 convolutions:
+    # ~12% of the 495 TFLOP/s dense TF32 peak, usual for ResNet training; bf16 autocast is faster)
+    # that is 0.10 / 0.17 s of GPU, plus ~0.15 s of the single-process data pipeline it does not
+    # overlap (48 JPEG decodes + crops: 0.175 s on one CPU thread here) = ~0.25 / 0.33 s a step:
+    # 660 x 0.25 + 220 x 0.33 = 240 s, + ~15 s clustering + ~15 s checkpoints = ~4.5 min, 25% margin.
+    "gpu": TrainConfig(
+        model="r18", crop_size=256, scale_min=256, scale_max=320, batch_size=16, clips_per_video=32,
+        corr_epochs=15, joint_epochs=5, lr=3e-4, lr_step_epochs=5, joint_lr=1e-4, recluster_every=5,
+    ),
     # The `small` model on ~1.5k frames (22 DAVIS train videos) within about an hour of two CPU
     # cores: the same two phases, scaled (see mevos/assets/small.md for the run that shipped).
     "cpu": TrainConfig(
         model="small", crop_size=256, batch_size=4, clips_per_video=4, corr_epochs=14, joint_epochs=7,
         lr=3e-4, lr_step_epochs=6, joint_lr=1e-4, recluster_every=4, kmeans_iters=50, kmeans_points=20000,
         cluster_short_side=192,
+    ),
+    # The `small` model with XFeat (the `teacher` extra) as the correspondence teacher: phase 1
+    # regresses E's key onto XFeat's descriptors (no Phi views: three encoder passes per clip, not
+    # five); phase 2 is the paper's mask-embedding training (L_seg on clustered pseudo masks) with the
+    # distillation term kept so the key does not drift. How the shipped small.pt was trained.
+    "cpu-xfeat": TrainConfig(
+        model="small", crop_size=256, batch_size=4, clips_per_video=8, corr_epochs=40, joint_epochs=20,
+        lr=5e-4, lr_step_epochs=15, joint_lr=1e-4, recluster_every=10, kmeans_iters=50, kmeans_points=20000,
+        cluster_short_side=192, w_short=0.0, w_long=0.0, teacher="xfeat", w_distill=1.0,
     ),
     # A few steps at toy sizes: tests and smoke runs.
     "tiny": TrainConfig(

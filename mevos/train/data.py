@@ -8,6 +8,7 @@ on one bad file. Videos shorter than a clip are left out with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -48,13 +49,28 @@ class Video:
 class VideoSet:
     """The videos found under `roots`. `stats` counts skipped videos and unreadable frames."""
 
-    def __init__(self, roots: Sequence[str | os.PathLike[str]], min_frames: int, max_short_side: int = 320) -> None:
+    def __init__(self, roots: Sequence[str | os.PathLike[str]], min_frames: int, max_short_side: int = 320,
+                 exclude: Sequence[str | os.PathLike[str]] = ()) -> None:
+        """exclude: folders of evaluation video (e.g. DAVIS val); a training video holding any frame
+        byte-identical to one of theirs is left out with a warning, so evaluation frames never train."""
         self.videos: list[Video] = []
         self.skipped_short: list[str] = []
+        self.excluded: list[str] = []
         self.bad_frames = 0
         found: list[Video] = []
         for root in roots:
             found.extend(_discover(Path(root), max_short_side))
+        if exclude:
+            banned = _frame_digests(exclude)
+            kept = []
+            for v in found:
+                if v.paths is not None and any(_digest(p) in banned for p in v.paths):
+                    warnings.warn(f"skipping video {v.name}: it holds frames of the excluded evaluation video",
+                                  stacklevel=2)
+                    self.excluded.append(v.name)
+                else:
+                    kept.append(v)
+            found = kept
         if not found:
             where = ", ".join(str(r) for r in roots)
             raise InputError(
@@ -118,6 +134,21 @@ class VideoSet:
         raise InputError(f"video {v.name} has no readable frame left")
 
 
+def _digest(path: Path) -> bytes:
+    return hashlib.sha1(path.read_bytes()).digest()
+
+
+def _frame_digests(folders: Sequence[str | os.PathLike[str]]) -> set[bytes]:
+    """SHA-1 of every image file under the folders (recursively)."""
+    out: set[bytes] = set()
+    for folder in folders:
+        if not Path(folder).exists():
+            raise InputError(f"{folder}: excluded evaluation folder does not exist")
+        for dirpath, _, _ in os.walk(folder):
+            out.update(_digest(p) for p in list_images(Path(dirpath)))
+    return out
+
+
 def _discover(root: Path, max_short_side: int) -> list[Video]:
     if not root.exists():
         raise InputError(f"{root}: training data folder or file does not exist")
@@ -125,7 +156,8 @@ def _discover(root: Path, max_short_side: int) -> list[Video]:
         return [_load_video_file(root, max_short_side)] if root.suffix.lower() in VIDEO_EXTENSIONS else []
     videos: list[Video] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # Annotations/ folders (DAVIS layout) hold label maps, not frames.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "Annotations")
         d = Path(dirpath)
         images = list_images(d)
         if images:

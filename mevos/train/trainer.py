@@ -50,6 +50,8 @@ class RunOptions:
     export: Path | None = None  # where the final weights (no training state) also go
     threads: int | None = None
     rank_weights: bool = False  # every process writes its final weights to out/rank<r>.pt (to compare them)
+    exclude: tuple[Path, ...] = ()  # evaluation video whose frames must never train (davis is added)
+    snapshot_every: int = 0  # steps between weights-only snapshots out/snapshots/step<N>.pt (0: none)
 
 
 @dataclass
@@ -99,7 +101,9 @@ class Trainer:
         if options.threads:
             torch.set_num_threads(options.threads)
         self.data_roots = [str(r) for r in data_roots]
-        self.data = VideoSet(data_roots, min_frames=config.long_gap + 1, max_short_side=config.scale_max)
+        exclude = [*options.exclude, *([options.davis] if options.davis is not None else [])]
+        self.data = VideoSet(data_roots, min_frames=config.long_gap + 1, max_short_side=config.scale_max,
+                             exclude=exclude)
         self.model = build_model(preset(config.model), seed=config.seed).to(self.device).train()
         self.state = _State()
         if init is not None:
@@ -340,6 +344,8 @@ class Trainer:
                     on_log({"step": self.state.step, **losses})
                 if self.state.step % opt.checkpoint_every == 0:
                     self.save("last.pt")
+                if opt.snapshot_every and self.state.step % opt.snapshot_every == 0:
+                    self.save(f"snapshots/step{self.state.step:06d}.pt", with_state=False)
             if bar is not None:
                 bar.close()
             self.state.epoch += 1
