@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--token-file", default=None, help="bearer token file (default: $MEVOS_TOKEN if set)")
     s.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     s.add_argument("--tls-ca", default=None, metavar="PEM", help="use TLS, trusting this CA certificate")
+    s.add_argument("--allow-plaintext-token", action="store_true",
+                   help="send the token without TLS to a server that is not on this machine (trusted networks only)")
     add_tracker_arguments(parser, server_defaults=True)
 
 
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     objects, t0 = 0, time.perf_counter()
     with ResultWriter(args.out, source, force=args.force, overlay=args.overlay) as results, \
-            TrackingClient(args.server, token=token, tls=args.tls, root_certificates=root) as client, \
+            TrackingClient(args.server, token=token, tls=args.tls, root_certificates=root,
+                           allow_plaintext_token=args.allow_plaintext_token) as client, \
             tqdm(total=total, unit="frame", desc=f"stream {source.name}", file=sys.stderr) as bar:
         for result in client.track(remember(), mask, settings=settings, encoding=args.encoding,
                                    image_format=args.image_format, jpeg_quality=args.jpeg_quality,

@@ -16,6 +16,7 @@ Every failure of a call is a ClientError with the gRPC status code attached.
 
 from __future__ import annotations
 
+import ipaddress
 import queue
 import threading
 import time
@@ -58,7 +59,8 @@ class ClientError(MevosError):
 @dataclass
 class TrackResult:
     """One frame's answer. labels: H x W uint8 ids; objects: id -> (score, area);
-    timings: server-side milliseconds by stage; latency_s: client send -> receive."""
+    timings: server-side milliseconds by stage; latency_s: client send -> receive;
+    client_frame_id: the id the request carried, echoed (None when it had none)."""
 
     index: int
     labels: np.ndarray
@@ -66,6 +68,7 @@ class TrackResult:
     timings: dict[str, float]
     session_id: str
     latency_s: float | None = None
+    client_frame_id: int | None = None
 
     @classmethod
     def from_proto(cls, r: pb.TrackResponse, latency_s: float | None = None) -> TrackResult:
@@ -78,6 +81,7 @@ class TrackResult:
                      "batch_wait": t.batch_wait_ms, "encode": t.encode_ms, "total": t.total_ms},
             session_id=r.session_id,
             latency_s=latency_s,
+            client_frame_id=r.client_frame_id if r.HasField("client_frame_id") else None,
         )
 
 
@@ -123,19 +127,23 @@ class StreamSession:
             yield item
 
     def request(self, frame: np.ndarray, masks: np.ndarray | None = None,
-                remove: Iterable[int] = ()) -> pb.TrackRequest:
+                remove: Iterable[int] = (), frame_id: int | None = None) -> pb.TrackRequest:
         """The TrackRequest send() would send (settings attached to the first)."""
         req = pb.TrackRequest(frame=codec.encode_image(frame, self._format, self._quality),
                               remove_object_ids=list(remove))
+        if frame_id is not None:
+            req.client_frame_id = frame_id
         if masks is not None:
             req.masks.CopyFrom(codec.encode_label_map(np.asarray(masks), "png"))
         if self._sent == 0:
             req.settings.CopyFrom(self._settings)
         return req
 
-    def send(self, frame: np.ndarray, masks: np.ndarray | None = None, remove: Iterable[int] = ()) -> None:
-        """Queue one frame; masks: H x W ids of new/corrected objects; remove: ids to stop tracking."""
-        self.send_request(self.request(frame, masks, remove))
+    def send(self, frame: np.ndarray, masks: np.ndarray | None = None, remove: Iterable[int] = (),
+             frame_id: int | None = None) -> None:
+        """Queue one frame; masks: H x W ids of new/corrected objects; remove: ids to stop tracking;
+        frame_id: echoed in the frame's TrackResult.client_frame_id."""
+        self.send_request(self.request(frame, masks, remove, frame_id))
 
     def send_request(self, req: pb.TrackRequest) -> None:
         """Queue a raw TrackRequest as is (for tests and tools)."""
@@ -186,19 +194,51 @@ class StreamSession:
             self.close_send()
 
 
+def is_local_target(target: str) -> bool:
+    """True for a gRPC target on this machine: a loopback address, localhost, or a unix socket."""
+    t = target
+    if t.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if t.startswith(scheme):
+            t = t[len(scheme):]
+            break
+    if t.startswith("["):
+        host = t[1:].split("]", 1)[0]
+    elif t.count(":") > 1:  # a bare IPv6 address
+        host = t
+    else:
+        host = t.rsplit(":", 1)[0] if ":" in t else t
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class TrackingClient:
     """A channel to a mevos server. token: bearer token (None: $MEVOS_TOKEN if set); tls: use TLS
-    (root_certificates: PEM bytes of the CA, None = system roots)."""
+    (root_certificates: PEM bytes of the CA, None = system roots). A token is never sent over a
+    plaintext channel to another machine (anyone on the path could read it) unless
+    allow_plaintext_token=True says that this network is trusted."""
 
     def __init__(self, target: str, token: str | None = None, tls: bool = False,
-                 root_certificates: bytes | None = None, options: Iterable[tuple[str, Any]] = ()) -> None:
+                 root_certificates: bytes | None = None, options: Iterable[tuple[str, Any]] = (),
+                 allow_plaintext_token: bool = False) -> None:
         from mevos import env
 
         self.target = target
+        source = "token" if token is not None else "$MEVOS_TOKEN"
         token = token if token is not None else env.value("MEVOS_TOKEN")
+        secure = tls or root_certificates is not None
+        if token and not secure and not allow_plaintext_token and not is_local_target(target):
+            raise MevosError(f"refusing to send the bearer token ({source}) to {target} over a plaintext channel; "
+                             "use TLS (tls=True or root_certificates=...; `mevos stream --tls/--tls-ca`), or pass "
+                             "allow_plaintext_token=True on a trusted network")
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         opts = [("grpc.max_receive_message_length", -1), *options]
-        if tls or root_certificates is not None:
+        if secure:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self.channel = grpc.secure_channel(target, creds, options=opts)
         else:

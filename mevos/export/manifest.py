@@ -66,13 +66,31 @@ def read_json(path: Path, kind: str, hint: str) -> dict[str, Any]:
     return data
 
 
+def entry_path(folder: Path, name: object, manifest_name: str, hint: str) -> Path:
+    """folder / name for a manifest's `file` entry, which must name a file inside the folder: an
+    absolute path or one that leads out of it ('../x.onnx', a symlink outside) is refused."""
+    rel = Path(str(name))
+    path = folder / rel
+    inside = not rel.is_absolute() and ".." not in rel.parts and str(rel) not in ("", ".")
+    if inside:
+        try:
+            inside = path.resolve().is_relative_to(folder.resolve())
+        except OSError:
+            inside = False
+    if not inside:
+        raise InputError(f"{folder / manifest_name} lists the file {str(name)[:200]!r}, which is not inside the "
+                         f"export folder; {hint}")
+    return path
+
+
 def verify_file(folder: Path, entry: dict[str, Any], manifest_name: str, hint: str) -> Path:
     """The path of a manifest entry {file, sha256} after checking that it exists and matches."""
     try:
-        path = folder / str(entry["file"])
+        name = entry["file"]
         expected = str(entry["sha256"])
     except (KeyError, TypeError):
         raise InputError(f"{folder / manifest_name} is damaged (an entry lacks file/sha256); {hint}") from None
+    path = entry_path(folder, name, manifest_name, hint)
     if not path.is_file():
         raise InputError(f"{path} is missing (listed in {manifest_name}); {hint}")
     actual = sha256_file(path)
@@ -109,7 +127,9 @@ def load_onnx_export(folder: str | os.PathLike[str], verify: bool = True) -> Onn
         raise InputError(f"{folder / ONNX_MANIFEST} is damaged ({type(exc).__name__}: {exc}); {hint}") from None
     paths = {}
     for name, entry in entries.items():
-        paths[name] = verify_file(folder, entry, ONNX_MANIFEST, hint) if verify else folder / str(entry["file"])
+        paths[name] = (verify_file(folder, entry, ONNX_MANIFEST, hint) if verify
+                       else entry_path(folder, entry.get("file") if isinstance(entry, dict) else None, ONNX_MANIFEST,
+                                       hint))
     return OnnxExport(folder, data, config, paths)
 
 

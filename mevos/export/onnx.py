@@ -14,7 +14,7 @@ import hashlib
 import os
 import platform
 import shutil
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,10 @@ def export_onnx(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise InputError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    # Not tempfile.mkdtemp: its folder is 0700, and this one becomes the export folder, which the
+    # serving user (often another account) must be able to read; mkdir honours the umask.
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.partial"
+    tmp.mkdir()
     try:
         # A private fp32 CPU copy: the exporter flips train/eval modes and must not touch the caller's model.
         net = copy.deepcopy(model).float().cpu().eval()

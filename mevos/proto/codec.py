@@ -9,6 +9,8 @@ says what was wrong.
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from typing import cast
 
 import numpy as np
@@ -31,6 +33,50 @@ RLE_RUN = np.dtype([("label", "u1"), ("count", "<u4")])
 
 class CodecError(InputError):
     """Bytes that do not decode to what their message declares."""
+
+
+#: longest library message quoted in a CodecError (they can quote the input)
+MAX_DETAIL = 200
+
+
+def _reason(exc: BaseException) -> str:
+    """A decoder's exception as a short, safe phrase: no object addresses, no long quotes."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file of this format"
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
+    text = re.sub(r"<_io\.BytesIO object>", "the data", text)
+    if len(text) > MAX_DETAIL:
+        text = text[:MAX_DETAIL] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def _open(data: bytes, fmt: str, what: str, max_side: int | None) -> PILImage.Image:
+    """PIL image of `data` (header read, no pixel decoded yet) after checking its size against
+    max_side; a header claiming more than PIL's decompression-bomb limit is a CodecError too."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            im = PILImage.open(io.BytesIO(data), formats=[fmt])
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise CodecError(f"{what}: the {fmt} header claims an image too large to decode "
+                         f"({_reason(exc)})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CodecError(f"{what}: cannot decode as {fmt} ({_reason(exc)})") from None
+    w, h = im.size
+    if max_side is not None and max(w, h) > max_side:
+        im.close()
+        raise CodecError(f"{what}: size {w}x{h} exceeds the server's max_frame_side {max_side}")
+    return im
+
+
+def image_size(msg: pb.Image, max_side: int | None = None, what: str = "frame") -> tuple[int, int]:
+    """(width, height) of a frame without decoding it: the declared size, or for JPEG/PNG with
+    width and height both 0, the size in the file's header. CodecError when unset or over max_side."""
+    if msg.width == 0 and msg.height == 0 and msg.format in _PIL_FORMAT:
+        with _open(msg.data, _PIL_FORMAT[msg.format], what, max_side) as im:
+            return im.size
+    _check_size(msg.width, msg.height, what, max_side)
+    return msg.width, msg.height
 
 
 def _check_size(width: int, height: int, what: str, max_side: int | None) -> None:
@@ -65,9 +111,13 @@ def encode_image(frame: np.ndarray, fmt: int | str = "jpeg", quality: int = 90) 
 
 
 def decode_image(msg: pb.Image, max_side: int | None = None, what: str = "frame") -> np.ndarray:
-    """Image message -> H x W x 3 uint8 RGB. Raises CodecError on anything malformed."""
-    _check_size(msg.width, msg.height, what, max_side)
-    w, h = msg.width, msg.height
+    """Image message -> H x W x 3 uint8 RGB. Raises CodecError on anything malformed. JPEG and PNG
+    may leave width and height 0 (then the header's size is taken, checked against max_side)."""
+    if msg.format in _PIL_FORMAT and msg.width == 0 and msg.height == 0:
+        w, h = 0, 0
+    else:
+        _check_size(msg.width, msg.height, what, max_side)
+        w, h = msg.width, msg.height
     if msg.format == pb.IMAGE_FORMAT_RAW_RGB:
         if len(msg.data) != w * h * 3:
             raise CodecError(f"{what}: raw RGB of {w}x{h} needs {w * h * 3} bytes, got {len(msg.data)}")
@@ -76,15 +126,15 @@ def decode_image(msg: pb.Image, max_side: int | None = None, what: str = "frame"
         raise CodecError(f"{what}: image format {msg.format} is not JPEG, PNG or RAW_RGB")
     expected = _PIL_FORMAT[msg.format]
     try:
-        with PILImage.open(io.BytesIO(msg.data), formats=[expected]) as im:
-            if im.size != (w, h):  # checked from the header, before any pixel is decoded
+        with _open(msg.data, expected, what, max_side) as im:
+            if w and im.size != (w, h):  # checked from the header, before any pixel is decoded
                 raise CodecError(f"{what}: declared size {w}x{h} but the {expected} is {im.size[0]}x{im.size[1]}")
             im.load()
             rgb = im.convert("RGB")
     except CodecError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise CodecError(f"{what}: cannot decode as {expected} ({type(exc).__name__}: {exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+        raise CodecError(f"{what}: cannot decode as {expected} ({_reason(exc)})") from None
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -155,7 +205,7 @@ def decode_label_map(msg: pb.LabelMap, max_side: int | None = None, what: str = 
     if msg.encoding != pb.MASK_ENCODING_PNG:
         raise CodecError(f"{what}: mask encoding {msg.encoding} is not PNG, RLE or RAW")
     try:
-        with PILImage.open(io.BytesIO(msg.data), formats=["PNG"]) as im:
+        with _open(msg.data, "PNG", what, max_side) as im:
             if im.size != (w, h):
                 raise CodecError(f"{what}: declared size {w}x{h} but the PNG is {im.size[0]}x{im.size[1]}")
             if im.mode not in ("P", "L"):
@@ -164,5 +214,5 @@ def decode_label_map(msg: pb.LabelMap, max_side: int | None = None, what: str = 
             return np.array(im, dtype=np.uint8)
     except CodecError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise CodecError(f"{what}: cannot decode as PNG ({type(exc).__name__}: {exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+        raise CodecError(f"{what}: cannot decode as PNG ({_reason(exc)})") from None

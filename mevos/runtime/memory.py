@@ -76,7 +76,10 @@ class MemoryBank:
 
         A pinned frame takes a new pinned slot (past max_pinned, the oldest pinned slot other than
         the first frame's is overwritten); others go to the ring buffer, overwriting its oldest slot.
+        With mem_frames 0 there is no ring buffer: a frame that is not pinned is not stored.
         """
+        if not pinned and self.mem_frames == 0:
+            return
         slot = self._slot_for(pinned)
         self.keys[slot].copy_(key)
         self.values[slot].copy_(values)

@@ -3,16 +3,23 @@ shared batching scheduler, and Prometheus metrics over HTTP.
 
     server, port = create_server(backend, ServerConfig(port=0))   # tests: any free loopback port
     ...
-    server.stop(grace=5.0)    # drain: refuse new sessions, let open ones finish, then cancel
+    server.stop(grace=5.0)    # drain: refuse new sessions, let open ones finish, then end them
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+import ssl
+import tempfile
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mevos.errors import InputError, UsageError, require
 from mevos.runtime.backend import Backend
@@ -25,6 +32,10 @@ from mevos.server.scheduler import Scheduler
 grpc = require("grpc", "serve", "the gRPC server", package="grpcio")
 
 SERVICE = "mevos.v1.Tracking"
+#: reflection is served under both names; grpcurl and most tools ask for v1 first
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+#: after the grace, how long sessions get to finish their frame and send their UNAVAILABLE status
+END_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,20 +70,97 @@ def _read(path: str, what: str) -> bytes:
     return p.read_bytes()
 
 
+def _check_tls(cert: bytes, key: bytes, cert_path: str, key_path: str) -> None:
+    """UsageError unless the PEMs parse and the key matches the certificate (gRPC only says
+    'Failed to bind' for either, after logging to stderr)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        c, k = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        c.write_bytes(cert)
+        k.write_bytes(key)
+        try:
+            ctx.load_cert_chain(str(c), str(k))
+        except ssl.SSLError as exc:
+            what = ("the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc)
+                    else "not a valid PEM certificate chain and private key")
+            raise UsageError(f"TLS: {cert_path} and {key_path}: {what} ({exc.reason or exc})") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """UsageError when host:port cannot be bound (in use, or not an address of this machine).
+    gRPC would fail too, but with a RuntimeError and C-core log lines."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {_address(host, port)}: {exc.strerror}") from None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise UsageError(f"cannot listen on {_address(host, port)}: {why}") from None
+
+
+def _parser(cls: Any, on_error: Callable[[int], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: bytes that do not parse become on_error(nbytes),
+    which the servicer answers with INVALID_ARGUMENT (gRPC's own answer would be INTERNAL)."""
+    from google.protobuf.message import DecodeError
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, RuntimeError, ValueError):
+            return on_error(len(data))
+
+    return parse
+
+
+def _tracking_handler(servicer: Any) -> Any:
+    """mevos.v1.Tracking as the generated add_TrackingServicer_to_server registers it, but with
+    deserializers that never raise."""
+    from mevos.proto.mevos.v1 import tracking_pb2 as pb
+    from mevos.server.session import Unparsable
+
+    handlers = {
+        "Track": grpc.stream_stream_rpc_method_handler(
+            servicer.Track, request_deserializer=_parser(pb.TrackRequest, Unparsable),
+            response_serializer=pb.TrackResponse.SerializeToString),
+        "GetServerInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetServerInfo, request_deserializer=_parser(pb.GetServerInfoRequest, Unparsable),
+            response_serializer=pb.ServerInfo.SerializeToString),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _reflection_v1_handler(servicer: Any) -> Any:
+    """grpc.reflection.v1 served by the v1alpha servicer: the two protocols' messages are
+    field-for-field the same (v1 is v1alpha renamed), so the v1alpha classes parse v1 bytes."""
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=rpb.ServerReflectionRequest.FromString,
+        response_serializer=rpb.ServerReflectionResponse.SerializeToString)
+    return grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler})
+
+
 class MevosServer:
     """A running server. `port` and `metrics_port` are the bound ports."""
 
     def __init__(self, backend: Backend, config: ServerConfig) -> None:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-        from grpc_reflection.v1alpha import reflection
+        from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
         from mevos.proto.mevos.v1 import tracking_pb2 as pb
-        from mevos.proto.mevos.v1 import tracking_pb2_grpc as pb_grpc
         from mevos.server.auth import TokenAuthInterceptor
         from mevos.server.servicer import ModelInfo, TrackingServicer
 
         lim = config.limits
         lim.check_defaults(config.defaults)
+        preflight(config)
         self.config = config
         self.metrics = Metrics(lim.max_batch)
         self.scheduler = Scheduler(backend, lim.max_batch, lim.batch_wait_ms / 1000.0, self.metrics.on_batch)
@@ -99,21 +187,29 @@ class MevosServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
-        pb_grpc.add_TrackingServicer_to_server(self.servicer, self.grpc_server)
+        self.grpc_server.add_generic_rpc_handlers((_tracking_handler(self.servicer),))
         self.health = health.HealthServicer()
         self._serving = health_pb2.HealthCheckResponse.SERVING
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         names = (pb.DESCRIPTOR.services_by_name["Tracking"].full_name,
-                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.grpc_server)
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, REFLECTION_V1, reflection.SERVICE_NAME)
+        reflector = reflection.ReflectionServicer(names)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, self.grpc_server)
+        self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflector),))
 
         address = _address(config.host, config.port)
-        if config.tls_cert is not None and config.tls_key is not None:
-            creds = grpc.ssl_server_credentials([(_read(config.tls_key, "key"), _read(config.tls_cert, "certificate"))])
-            bound = self.grpc_server.add_secure_port(address, creds)
-        else:
-            bound = self.grpc_server.add_insecure_port(address)
+        try:
+            if config.tls_cert is not None and config.tls_key is not None:
+                creds = grpc.ssl_server_credentials([(_read(config.tls_key, "key"),
+                                                      _read(config.tls_cert, "certificate"))])
+                bound = self.grpc_server.add_secure_port(address, creds)
+            else:
+                bound = self.grpc_server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
+            bound = 0
         if bound == 0:
+            self.servicer.close()
+            self.scheduler.close()
             raise UsageError(f"cannot listen on {address} (port in use, or not an address of this machine)")
         self.port = bound
         self.metrics_port: int | None = None
@@ -143,22 +239,43 @@ class MevosServer:
         return self.servicer.sessions.active
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Drain: health NOT_SERVING, new sessions refused; open sessions get `grace` seconds to
-        finish, then are cancelled. Idempotent."""
+        """Drain: health NOT_SERVING and new sessions refused with UNAVAILABLE (the server keeps
+        answering, so clients and load balancers see why); open sessions get `grace` seconds to
+        finish, then end with UNAVAILABLE; then the server stops. Idempotent."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        grace = 0.0 if grace is None else max(0.0, grace)
         self.servicer.draining.set()
         self.health.enter_graceful_shutdown()
         log_event(LOGGER, "draining", sessions=self.active_sessions, grace_s=grace)
-        self.grpc_server.stop(grace).wait()
+        self._wait_sessions(grace)
+        if self.active_sessions:
+            log_event(LOGGER, "grace_ended", logging.WARNING, sessions=self.active_sessions, grace_s=grace)
+            self.servicer.end_sessions(grace)
+            self._wait_sessions(END_WAIT_S)
+        self.grpc_server.stop(0.5).wait()
+        self.servicer.close()
         self.scheduler.close()
         self.metrics.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         log_event(LOGGER, "stopped")
 
+    def _wait_sessions(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.active_sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def wait(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
+
+
+def preflight(config: ServerConfig) -> None:
+    """The start-up checks that can fail on the operator's input, each one clear UsageError:
+    readable, matching TLS files and a free port."""
+    if config.tls_cert is not None and config.tls_key is not None:
+        _check_tls(_read(config.tls_cert, "certificate"), _read(config.tls_key, "key"), config.tls_cert, config.tls_key)
+    _check_port_free(config.host, config.port)
 
 
 def create_server(backend: Backend, config: ServerConfig | None = None) -> tuple[MevosServer, int]:

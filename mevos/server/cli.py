@@ -2,7 +2,9 @@
 
 Listens on loopback unless --host says otherwise. Prometheus metrics are served on their own
 HTTP port. SIGTERM (or Ctrl-C) drains: new sessions are refused, open ones get --grace seconds
-to finish, then the server exits.
+to finish (then end with UNAVAILABLE), and the server exits 0; a second SIGTERM or Ctrl-C exits at
+once (code 1). Start-up errors (port in use, unreadable or mismatched TLS files) are one line on
+stderr and exit code 2.
 
 examples:
   mevos serve --model runs/small/last.pt --port 50051
@@ -13,6 +15,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -53,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-message-mb", type=float, default=d.max_message_bytes / 2**20,
                      help=f"largest request message in MiB (default {d.max_message_bytes / 2**20:g})")
     lim.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
-                     help=f"seconds a session may wait for its next frame (default {d.idle_timeout_s:g})")
+                     help=f"seconds a session may wait for its next frame, and a response for the client to take "
+                          f"it, before the session is ended (default {d.idle_timeout_s:g})")
+    lim.add_argument("--max-session-memory-mb", type=float, default=d.max_session_memory_bytes / 2**20,
+                     help="estimated memory one session may need (memory bank + one frame's activations, from "
+                          "the working size, mem_frames and objects), checked before anything is allocated; "
+                          f"over it: RESOURCE_EXHAUSTED (default {d.max_session_memory_bytes / 2**20:g})")
     lim.add_argument("--max-batch", type=int, default=None,
                      help=f"session calls batched into one model call (1 = no batching; default: {d.max_batch} on "
                           "CUDA, 1 on the CPU, where batching measured slower: benchmarks/results/server_load.json)")
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from mevos.runtime.options import tracker_config_from_args
     from mevos.runtime.weights import describe_weights
     from mevos.server import logs
-    from mevos.server.app import ServerConfig, create_server
+    from mevos.server.app import ServerConfig, create_server, preflight
     from mevos.server.auth import load_token
     from mevos.server.limits import Limits
 
@@ -89,18 +97,28 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions, max_frame_side=args.max_frame_side, max_objects=args.max_objects,
         max_message_bytes=int(args.max_message_mb * 2**20), idle_timeout_s=args.idle_timeout,
         max_batch=args.max_batch or (Limits().max_batch if str(args.device).startswith("cuda") else 1),
-        batch_wait_ms=args.batch_wait_ms,
+        batch_wait_ms=args.batch_wait_ms, max_session_memory_bytes=int(args.max_session_memory_mb * 2**20),
     )
     config = ServerConfig(
         host=args.host, port=args.port, limits=limits, defaults=tracker_config_from_args(args),
         token=load_token(args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
         metrics_port=None if args.no_metrics else args.metrics_port,
-        model_description=describe_weights(args.checkpoint),
+        # The file name only: ServerInfo is public, the server's folders are not.
+        model_description=describe_weights(Path(args.checkpoint).name if args.checkpoint else None),
     )
+    preflight(config)  # port and TLS files, before the model loads
     backend = create_backend(args.backend, args.checkpoint, device=args.device, precision=args.precision)
     stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # the second one: do not wait for the drain
+            print(f"mevos serve: {signal.Signals(signum).name} again: exiting without draining", file=sys.stderr,
+                  flush=True)
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     server, port = create_server(backend, config)
     if args.port_file:
         tmp = Path(args.port_file).with_suffix(".tmp")

@@ -42,6 +42,7 @@ class Limits:
     max_batch: int = 8
     batch_wait_ms: float = 5.0
     session_queue: int = 4  # decoded frames buffered per session (backpressure beyond)
+    max_session_memory_bytes: int = 4 * 2**30  # estimated memory of one session (mevos.server.budget)
 
     def __post_init__(self) -> None:
         checks = [
@@ -54,6 +55,7 @@ class Limits:
              "max_top_k must be >= 1, max_mem_frames and max_refine_rounds >= 0"),
             (self.max_batch >= 1 and self.batch_wait_ms >= 0, "max_batch must be >= 1 and batch_wait_ms >= 0"),
             (self.session_queue >= 1, "session_queue must be >= 1"),
+            (self.max_session_memory_bytes >= 2**20, "max_session_memory_bytes must be >= 1 MiB"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -76,6 +78,7 @@ class Limits:
             max_message_bytes=self.max_message_bytes, idle_timeout_s=self.idle_timeout_s,
             max_top_k=self.max_top_k, max_mem_frames=self.max_mem_frames,
             max_refine_rounds=self.max_refine_rounds, max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms,
+            max_session_memory_bytes=self.max_session_memory_bytes,
         )
 
 

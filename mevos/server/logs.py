@@ -28,9 +28,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _text_value(value: Any) -> str:
+    """A field value as one token of a text log line: quoted and escaped (JSON string syntax)
+    when it has spaces, quotes, '=' or non-printable characters, so that a client's text (a
+    client_tag with a newline) can never forge a line or a field."""
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
+        fields = " ".join(f"{k}={_text_value(v)}" for k, v in getattr(record, "fields", {}).items())
         line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname.lower():7s} " \
                f"{record.getMessage()} {fields}".rstrip()
         if record.exc_info:

@@ -1,15 +1,24 @@
 """Prometheus metrics of the server, in a registry of its own (so servers in one process, as in
-the tests, never share counters), served over HTTP on their own port."""
+the tests, never share counters), served over HTTP on their own port by a small server with a
+bounded number of threads and a header timeout (prometheus_client's own opens a thread per
+connection and waits forever for headers)."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from mevos.errors import require
 
 #: per-frame stages (Timings in the proto), in seconds
 STAGES = ("decode", "queue", "track", "batch_wait", "encode", "total")
+#: metrics HTTP: worker threads, connections waiting for one (more are closed at once), and the
+#: seconds a connection may take to send its request line and headers (each read)
+HTTP_THREADS, HTTP_BACKLOG, HTTP_HEADER_TIMEOUT_S = 4, 16, 5.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -56,9 +65,11 @@ class Metrics:
         """The exposition text (what the HTTP endpoint serves)."""
         return self._pc.generate_latest(self.registry).decode()
 
-    def serve_http(self, host: str, port: int) -> int:
+    def serve_http(self, host: str, port: int, header_timeout_s: float = HTTP_HEADER_TIMEOUT_S) -> int:
         """Serve /metrics on host:port (0 = any free port); returns the bound port."""
-        server, _ = self._pc.start_http_server(port, addr=host, registry=self.registry)
+        server = MetricsHTTPServer(host, port, self.text, header_timeout_s)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="mevos-metrics",
+                         daemon=True).start()
         self._http = server
         return int(server.server_address[1])
 
@@ -67,3 +78,56 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class MetricsHTTPServer(HTTPServer):
+    """GET /metrics (or /) with the exposition text; HTTP_THREADS workers, at most HTTP_BACKLOG
+    connections waiting for them, each read bounded by header_timeout_s."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, text: Callable[[], str], header_timeout_s: float) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._pool = futures.ThreadPoolExecutor(HTTP_THREADS, thread_name_prefix="mevos-metrics-http")
+        self._slots = threading.BoundedSemaphore(HTTP_THREADS + HTTP_BACKLOG)
+        text_fn, timeout = text, header_timeout_s
+
+        class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                self.timeout = timeout
+                super().setup()
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path.split("?")[0] not in ("/", "/metrics"):
+                    self.send_error(404)
+                    return
+                body = text_fn().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+        super().__init__((host, port), Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # too many at once: close, spend no thread
+            self.shutdown_request(request)
+            return
+        self._pool.submit(self._work, request, client_address)
+
+    def _work(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - a broken or slow client; nothing to report
+            pass
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -17,8 +17,28 @@ from mevos.errors import InputError
 from mevos.proto import codec
 from mevos.proto.mevos.v1 import tracking_pb2 as pb
 from mevos.runtime.tracker import MAX_OBJECT_ID, Tracker, TrackerConfig
+from mevos.runtime.geometry import Geometry
+from mevos.server.budget import MemoryBudget
 from mevos.server.limits import Limits, RequestError, settings_to_config
 from mevos.server.scheduler import SessionBackend
+
+#: ids quoted in an error message at most (a request can list a million)
+MAX_QUOTED_IDS = 10
+
+
+def quote_ids(ids: list[int] | tuple[int, ...]) -> str:
+    """`[1, 2, 3]`, or the first MAX_QUOTED_IDS and how many there are in all."""
+    if len(ids) <= MAX_QUOTED_IDS:
+        return str(list(ids))
+    return f"[{', '.join(str(i) for i in ids[:MAX_QUOTED_IDS])}, ...] ({len(ids)} in all)"
+
+
+class Unparsable:
+    """A request whose bytes are not a valid protobuf message (made by the server's deserializer,
+    so that the stream ends with INVALID_ARGUMENT instead of gRPC's INTERNAL)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,8 @@ class FrameJob:
     masks: np.ndarray | None  # H x W uint8 or None
     remove: tuple[int, ...]
     settings: SessionSettings | None = None  # only on the first frame
+    client_frame_id: int | None = None
+    geometry: Geometry | None = None  # only on the first frame
 
 
 def _invalid(msg: str) -> RequestError:
@@ -50,13 +72,16 @@ def _invalid(msg: str) -> RequestError:
 class RequestReader:
     """Checks and decodes the requests of one stream, in order."""
 
-    def __init__(self, limits: Limits, defaults: TrackerConfig) -> None:
-        self.limits, self.defaults = limits, defaults
+    def __init__(self, limits: Limits, defaults: TrackerConfig, budget: MemoryBudget) -> None:
+        self.limits, self.defaults, self.budget = limits, defaults, budget
         self.count = 0
         self.size: tuple[int, int] | None = None  # (height, width) of the session, from frame 0
 
-    def read(self, req: pb.TrackRequest, received: float) -> FrameJob:
+    def read(self, req: pb.TrackRequest | Unparsable, received: float) -> FrameJob:
         """One request -> FrameJob, or RequestError with the documented code."""
+        if isinstance(req, Unparsable):
+            raise _invalid(f"message {self.count}: {req.nbytes} bytes that are not a valid TrackRequest "
+                           "(protobuf parse error)")
         try:
             return self._read(req, received)
         except InputError as exc:  # undecodable bytes (codec.CodecError) and other bad input
@@ -79,10 +104,12 @@ class RequestReader:
             raise _invalid(f"frame {i}: settings are allowed only in the first message of a stream")
         if not req.HasField("frame"):
             raise _invalid(f"frame {i}: every message needs a frame")
-        size = (req.frame.height, req.frame.width)
+        width, height = codec.image_size(req.frame, lim.max_frame_side, what=f"frame {i}")
+        size = (height, width)
         if self.size is not None and size != self.size:
             raise _invalid(f"frame {i}: size {size[1]}x{size[0]} differs from the session's "
                            f"{self.size[1]}x{self.size[0]} (set by its first frame)")
+        geometry = self.budget.geometry(size, settings.config, f"frame {i}") if settings is not None else None
         frame = codec.decode_image(req.frame, lim.max_frame_side, what=f"frame {i}")
         masks = None
         if req.HasField("masks"):
@@ -98,24 +125,29 @@ class RequestReader:
                 raise _invalid(f"frame {i}: masks have {ids.size} objects, more than max_objects {lim.max_objects}")
         elif i == 0:
             raise _invalid("the first message needs masks with at least one object")
+        if geometry is not None and settings is not None and masks is not None:
+            self.budget.check(geometry, settings.config, int(ids.size), f"frame {i}")
         remove = tuple(int(x) for x in req.remove_object_ids)
         bad = [x for x in remove if not 1 <= x <= MAX_OBJECT_ID]
         if bad:
-            raise _invalid(f"frame {i}: object ids to remove must be in 1..{MAX_OBJECT_ID}, got {bad}")
+            raise _invalid(f"frame {i}: object ids to remove must be in 1..{MAX_OBJECT_ID}, got {quote_ids(bad)}")
         if len(set(remove)) != len(remove):
-            raise _invalid(f"frame {i}: remove_object_ids lists an id more than once: {list(remove)}")
+            raise _invalid(f"frame {i}: remove_object_ids lists an id more than once: {quote_ids(remove)}")
         self.size = size
         self.count += 1
-        return FrameJob(i, received, time.perf_counter(), frame, masks, remove, settings)
+        frame_id = req.client_frame_id if req.HasField("client_frame_id") else None
+        return FrameJob(i, received, time.perf_counter(), frame, masks, remove, settings, frame_id, geometry)
 
 
 class Session:
     """The tracker of one stream and the building of its responses (one thread at a time)."""
 
-    def __init__(self, session_id: str, backend: SessionBackend, settings: SessionSettings) -> None:
+    def __init__(self, session_id: str, backend: SessionBackend, settings: SessionSettings,
+                 budget: MemoryBudget, geometry: Geometry) -> None:
         self.session_id = session_id
         self.backend = backend
         self.settings = settings
+        self.budget, self.geometry = budget, geometry
         self.tracker = Tracker(backend, settings.config)
         self.frames = 0
 
@@ -123,8 +155,8 @@ class Session:
         tracked = set(self.tracker.object_ids)
         unknown = sorted(set(job.remove) - tracked)
         if unknown:
-            raise RequestError("NOT_FOUND", f"frame {job.index}: cannot remove object id(s) {unknown}: not tracked "
-                                            f"(tracked: {sorted(tracked)})")
+            raise RequestError("NOT_FOUND", f"frame {job.index}: cannot remove object id(s) {quote_ids(unknown)}: "
+                                            f"not tracked (tracked: {quote_ids(sorted(tracked))})")
         after = tracked - set(job.remove)
         if job.masks is not None:
             after |= {int(i) for i in np.unique(job.masks) if i != 0}
@@ -132,8 +164,11 @@ class Session:
         if len(after) > limit:
             raise _invalid(f"frame {job.index}: {len(after)} objects would be tracked, more than max_objects {limit}")
         if not after:
-            raise RequestError("FAILED_PRECONDITION", f"frame {job.index}: removing {sorted(job.remove)} would leave "
-                                                      "no object to track; give masks of a new object in the same message")
+            raise RequestError("FAILED_PRECONDITION", f"frame {job.index}: removing {quote_ids(sorted(job.remove))} "
+                                                      "would leave no object to track; give masks of a new object in "
+                                                      "the same message")
+        if len(after) > len(tracked):
+            self.budget.check(self.geometry, self.settings.config, len(after), f"frame {job.index}")
 
     def step(self, job: FrameJob, taken: float) -> pb.TrackResponse:
         """Track one frame; `taken` = perf_counter when the job left the session queue."""
@@ -165,5 +200,8 @@ class Session:
             total_ms=(t2 - job.received) * ms,
         )
         self.frames += 1
-        return pb.TrackResponse(frame_index=job.index, labels=label_map, objects=objects, timings=timings,
-                                session_id=self.session_id)
+        response = pb.TrackResponse(frame_index=job.index, labels=label_map, objects=objects, timings=timings,
+                                    session_id=self.session_id)
+        if job.client_frame_id is not None:
+            response.client_frame_id = job.client_frame_id
+        return response

@@ -3,8 +3,10 @@ decodes them into a bounded queue, and the handler side that takes them with an 
 
 The bounded queue is the backpressure: when the tracker falls behind, the reader stops pulling,
 gRPC's flow control stops the client. A slow client blocks only its own handler thread (in gRPC's
-send), never the shared scheduler. Cancellation is a flag set from `context.add_callback`; both
-threads poll it at least every POLL_S, so a vanished client's session ends within a second.
+send), never the shared scheduler; the handler marks each send, and the servicer's watchdog
+cancels a call whose send has waited longer than the idle timeout (a client that stopped reading).
+Cancellation is a flag set from `context.add_callback`; both threads poll it at least every
+POLL_S, so a vanished client's session ends within a second.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -51,6 +53,9 @@ class StreamRun:
         self.reader = reader
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.cancelled = threading.Event()
+        self.sending_since: float | None = None  # perf_counter when the pending send began
+        self.stop_reason: str | None = None  # why the server ended the call (send timeout, shutdown)
+        self._cancel_call: Callable[[], Any] | None = None
         self._thread = threading.Thread(target=self._read, name=name, daemon=True)
 
     def start(self) -> None:
@@ -59,6 +64,28 @@ class StreamRun:
     def cancel(self) -> None:
         """Stop both sides (idempotent; safe from any thread, including gRPC's callbacks)."""
         self.cancelled.set()
+
+    def bind_call(self, cancel_call: Callable[[], Any]) -> None:
+        """How to cancel the gRPC call itself (context.cancel): the only way to wake a handler
+        that is blocked in gRPC's send."""
+        self._cancel_call = cancel_call
+
+    def sending(self) -> None:
+        """The handler hands a response to gRPC (which may block on flow control)."""
+        self.sending_since = time.perf_counter()
+
+    def sent(self) -> None:
+        """gRPC took the response (asked for the next one)."""
+        self.sending_since = None
+
+    def stop(self, reason: str) -> None:
+        """End the call from the server side: stop both threads and, when a send is pending,
+        cancel the gRPC call so that the blocked handler returns (the first reason wins)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancel()
+        if self.sending_since is not None and self._cancel_call is not None:
+            self._cancel_call()
 
     @property
     def depth(self) -> int:

@@ -120,9 +120,10 @@ class Image(_message.Message):
     data: _builtins.bytes
     """The encoded frame."""
     width: _builtins.int
-    """Frame width and height in pixels. Required (> 0) for every format: the server checks them
-    against its size limit before decoding and against the decoded size after it. Every frame of
-    a session must have the size of its first frame.
+    """Frame width and height in pixels. Required (> 0) for RAW_RGB. Optional for JPEG and PNG: when
+    both are 0 the server reads them from the file's header; when set they must equal the
+    header's. Either way the size is checked against the server's limits before any pixel is
+    decoded. Every frame of a session must have the size of its first frame.
     """
     height: _builtins.int
     def __init__(
@@ -264,6 +265,11 @@ class TrackRequest(_message.Message):
     FRAME_FIELD_NUMBER: _builtins.int
     MASKS_FIELD_NUMBER: _builtins.int
     REMOVE_OBJECT_IDS_FIELD_NUMBER: _builtins.int
+    CLIENT_FRAME_ID_FIELD_NUMBER: _builtins.int
+    client_frame_id: _builtins.int
+    """Optional id of this frame chosen by the client (a counter, a capture timestamp, ...), echoed
+    unchanged in the frame's TrackResponse.client_frame_id. The server does not interpret it.
+    """
     @_builtins.property
     def settings(self) -> Global___SessionSettings:
         """Session settings: required in the first message of the stream, rejected in any later one."""
@@ -294,12 +300,15 @@ class TrackRequest(_message.Message):
         frame: Global___Image | None = ...,
         masks: Global___LabelMap | None = ...,
         remove_object_ids: _abc.Iterable[_builtins.int] | None = ...,
+        client_frame_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "masks", b"masks", "settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id", "client_frame_id", b"client_frame_id", "frame", b"frame", "masks", b"masks", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "masks", b"masks", "remove_object_ids", b"remove_object_ids", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id", "client_frame_id", b"client_frame_id", "frame", b"frame", "masks", b"masks", "remove_object_ids", b"remove_object_ids", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__client_frame_id: _TypeAlias = _typing.Literal["client_frame_id"]  # noqa: Y015
+    _WhichOneofArgType__client_frame_id: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__client_frame_id) -> _WhichOneofReturnType__client_frame_id | None: ...
 
 Global___TrackRequest: _TypeAlias = TrackRequest  # noqa: Y015
 
@@ -337,7 +346,12 @@ Global___ObjectResult: _TypeAlias = ObjectResult  # noqa: Y015
 
 @_typing.final
 class Timings(_message.Message):
-    """Server-side time spent on one frame, in milliseconds."""
+    """Server-side time spent on one frame, in milliseconds, measured on the server's clock. The clock
+    starts when the server's reader takes the request off the stream ("received"); time the request
+    spent in transport buffers before that is not counted. In order:
+      total_ms = decode_ms + queue_ms + track_ms + encode_ms (up to rounding)
+    and batch_wait_ms is a part of track_ms.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -348,17 +362,24 @@ class Timings(_message.Message):
     ENCODE_MS_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
     decode_ms: _builtins.float
-    """Checking and decoding the request (frame and masks)."""
+    """From "received" to the frame and masks being checked and decoded."""
     queue_ms: _builtins.float
-    """Waiting in the session's queue for the previous frames to finish."""
+    """From decoded to the session's tracker taking the frame: waiting behind the session's earlier
+    frames (at most the session queue's length of them). High when the client sends faster than
+    the server tracks.
+    """
     track_ms: _builtins.float
     """Running the tracker (memory read, model stages, aggregation); includes batch_wait_ms."""
     batch_wait_ms: _builtins.float
-    """Of track_ms: waiting for the shared scheduler to run this session's model stages in a batch."""
+    """Of track_ms: waiting for the shared scheduler to run this session's model stages, in a batch
+    with other sessions' or behind them.
+    """
     encode_ms: _builtins.float
-    """Encoding the response's label map."""
+    """Building the response: per-object scores and areas, and encoding the label map."""
     total_ms: _builtins.float
-    """From receiving the request to handing the response to gRPC."""
+    """From "received" to the response being handed to gRPC for sending: the sum of the four above,
+    so it includes queue_ms. Time in gRPC's send buffers and on the network is not included.
+    """
     def __init__(
         self,
         *,
@@ -388,10 +409,13 @@ class TrackResponse(_message.Message):
     OBJECTS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_FRAME_ID_FIELD_NUMBER: _builtins.int
     frame_index: _builtins.int
     """0-based position of the frame in the stream (the n-th request gets frame_index n - 1)."""
     session_id: _builtins.str
     """Server-assigned id of the session (in every response; also in the server's logs)."""
+    client_frame_id: _builtins.int
+    """The request's client_frame_id, when it had one."""
     @_builtins.property
     def labels(self) -> Global___LabelMap:
         """The frame's label map at the frame's size, in the session's mask_encoding."""
@@ -412,12 +436,15 @@ class TrackResponse(_message.Message):
         objects: _abc.Iterable[Global___ObjectResult] | None = ...,
         timings: Global___Timings | None = ...,
         session_id: _builtins.str = ...,
+        client_frame_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id", "client_frame_id", b"client_frame_id", "labels", b"labels", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame_index", b"frame_index", "labels", b"labels", "objects", b"objects", "session_id", b"session_id", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id", "client_frame_id", b"client_frame_id", "frame_index", b"frame_index", "labels", b"labels", "objects", b"objects", "session_id", b"session_id", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__client_frame_id: _TypeAlias = _typing.Literal["client_frame_id"]  # noqa: Y015
+    _WhichOneofArgType__client_frame_id: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__client_frame_id) -> _WhichOneofReturnType__client_frame_id | None: ...
 
 Global___TrackResponse: _TypeAlias = TrackResponse  # noqa: Y015
 
@@ -452,10 +479,13 @@ class Limits(_message.Message):
     MAX_REFINE_ROUNDS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     BATCH_WAIT_MS_FIELD_NUMBER: _builtins.int
+    MAX_SESSION_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     max_sessions: _builtins.int
     """Concurrent Track sessions (RESOURCE_EXHAUSTED)."""
     max_frame_side: _builtins.int
-    """Largest frame width or height in pixels (INVALID_ARGUMENT)."""
+    """Largest frame width or height in pixels, of the frame as sent and of the working size after
+    SessionSettings.short_side scales it (INVALID_ARGUMENT).
+    """
     max_objects: _builtins.int
     """Objects tracked at once in one session (INVALID_ARGUMENT)."""
     max_message_bytes: _builtins.int
@@ -463,7 +493,10 @@ class Limits(_message.Message):
     by the transport with RESOURCE_EXHAUSTED).
     """
     idle_timeout_s: _builtins.float
-    """Seconds a session may wait for its next frame before it is ended (DEADLINE_EXCEEDED)."""
+    """Seconds a session may wait for its next frame before it is ended (DEADLINE_EXCEEDED), and
+    seconds a response may wait for the client to take it (flow control) before the session is
+    cancelled (CANCELLED) and its slot freed.
+    """
     max_top_k: _builtins.int
     """Largest SessionSettings.top_k, mem_frames and refine_rounds (INVALID_ARGUMENT)."""
     max_mem_frames: _builtins.int
@@ -473,6 +506,12 @@ class Limits(_message.Message):
     waiting at most batch_wait_ms for a batch to fill.
     """
     batch_wait_ms: _builtins.float
+    max_session_memory_bytes: _builtins.int
+    """Memory one session may need, in bytes: the server's estimate of its memory bank (pinned +
+    mem_frames slots x feature cells of the working size x objects) plus one frame's activations,
+    computed from the first frame's size, short_side, mem_frames and the object count before
+    anything is allocated, and again whenever objects are added (RESOURCE_EXHAUSTED).
+    """
     def __init__(
         self,
         *,
@@ -486,10 +525,11 @@ class Limits(_message.Message):
         max_refine_rounds: _builtins.int = ...,
         max_batch: _builtins.int = ...,
         batch_wait_ms: _builtins.float = ...,
+        max_session_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_wait_ms", b"batch_wait_ms", "idle_timeout_s", b"idle_timeout_s", "max_batch", b"max_batch", "max_frame_side", b"max_frame_side", "max_mem_frames", b"max_mem_frames", "max_message_bytes", b"max_message_bytes", "max_objects", b"max_objects", "max_refine_rounds", b"max_refine_rounds", "max_sessions", b"max_sessions", "max_top_k", b"max_top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_wait_ms", b"batch_wait_ms", "idle_timeout_s", b"idle_timeout_s", "max_batch", b"max_batch", "max_frame_side", b"max_frame_side", "max_mem_frames", b"max_mem_frames", "max_message_bytes", b"max_message_bytes", "max_objects", b"max_objects", "max_refine_rounds", b"max_refine_rounds", "max_session_memory_bytes", b"max_session_memory_bytes", "max_sessions", b"max_sessions", "max_top_k", b"max_top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
