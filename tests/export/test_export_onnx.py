@@ -118,3 +118,29 @@ def test_cached_export_is_keyed_by_checkpoint_and_reused(tmp_path: Path, model: 
     first.paths["decode"].write_bytes(b"damaged")  # a damaged cache entry is exported again
     assert load_onnx_export(cached_export(ckpt).folder).folder == first.folder
     assert resolve_export(None).config == preset("small")  # the default weights
+
+
+def test_export_folder_honours_the_umask(folder: Path) -> None:
+    """Not mkdtemp's 0700: a server running as another user must be able to read the export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("entry", ["../outside.onnx", "/etc/passwd", "sub/../../outside.onnx", ""])
+@pytest.mark.parametrize("verify", [True, False])
+def test_manifest_files_must_stay_inside_the_folder(folder: Path, tmp_path: Path, entry: str, verify: bool) -> None:
+    import shutil
+
+    from mevos.errors import InputError
+
+    copy = tmp_path / "export"
+    shutil.copytree(folder, copy)
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(copy / f"{GRAPH_NAMES[0]}.onnx", outside)
+    manifest = json.loads((copy / ONNX_MANIFEST).read_text())
+    manifest["graphs"][GRAPH_NAMES[0]]["file"] = entry
+    manifest["graphs"][GRAPH_NAMES[0]]["sha256"] = sha256_file(outside)
+    (copy / ONNX_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="not inside the export folder"):
+        load_onnx_export(copy, verify=verify)
