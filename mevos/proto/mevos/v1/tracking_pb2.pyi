@@ -206,7 +206,8 @@ class SessionSettings(_message.Message):
     """Locality radius, in stride-8 feature cells, for non-pinned memory frames. Unset: no limit."""
     short_side: _builtins.int
     """Process frames scaled to this short side, in pixels. Unset: the frame size.
-    8..limits.max_frame_side.
+    8..limits.max_frame_side, and the scaled (working) size may not exceed limits.max_frame_side
+    on either side.
     """
     mask_encoding: Global___MaskEncoding.ValueType
     """Encoding of the label maps in the responses. Unset: MASK_ENCODING_PNG."""
