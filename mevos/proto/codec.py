@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 from typing import cast
 
 import numpy as np
@@ -54,15 +53,18 @@ def _open(data: bytes, fmt: str, what: str, max_side: int | None) -> PILImage.Im
     """PIL image of `data` (header read, no pixel decoded yet) after checking its size against
     max_side; a header claiming more than PIL's decompression-bomb limit is a CodecError too."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            im = PILImage.open(io.BytesIO(data), formats=[fmt])
-    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        im = PILImage.open(io.BytesIO(data), formats=[fmt])
+    except PILImage.DecompressionBombError as exc:
         raise CodecError(f"{what}: the {fmt} header claims an image too large to decode "
                          f"({_reason(exc)})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise CodecError(f"{what}: cannot decode as {fmt} ({_reason(exc)})") from None
     w, h = im.size
+    limit = PILImage.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        im.close()
+        raise CodecError(f"{what}: the {fmt} header claims an image too large to decode ({w}x{h} pixels, "
+                         f"over {limit})")
     if max_side is not None and max(w, h) > max_side:
         im.close()
         raise CodecError(f"{what}: size {w}x{h} exceeds the server's max_frame_side {max_side}")
