@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,11 +60,19 @@ def test_kill_then_resume_ends_where_an_uninterrupted_run_ends(videos: Path, tmp
     proc.wait()
     if not (run / "last.pt").exists():
         pytest.fail("the run was killed before it wrote any checkpoint")
+    # What a kill inside a checkpoint write leaves (the kill above may or may not have hit one).
+    (run / ".last.pt.0badc0de.partial").write_bytes(b"cut short")
+    with open(run / "log.jsonl", "a") as log:
+        log.write('{"event": "step", "step": 99}\n{"event": "st')  # a step never checkpointed, a cut line
     resumed = subprocess.run([*base, "--out", str(run), "--resume", "auto"], cwd=REPO, env=_env(),
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = read_checkpoint(tmp_path / "a" / "last.pt")
     b = read_checkpoint(run / "last.pt")
     assert a["train_state"]["step"] == b["train_state"]["step"] == 4
+    assert not list(run.glob("**/*.partial")), "partial files left behind"
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r.get("event") == "step"]
+    assert steps == [1, 2, 3, 4], f"each step logged once, in order: {steps}"
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
