@@ -308,6 +308,8 @@ class Trainer:
         (rank 0; None elsewhere or when stopped early by max_steps)."""
         cfg, opt = self.config, self.options
         opt.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self._clean_after_interruption()
         self._log({"event": "start", "videos": len(self.data), "frames": self.data.num_frames,
                    "skipped_short": self.data.skipped_short, "world_size": self.world,
                    "steps_per_epoch": self.steps_per_epoch, "config": cfg.to_dict(), "resumed_at": self.state.step})
@@ -403,6 +405,22 @@ class Trainer:
 
     # -- output -------------------------------------------------------------------------------
 
+    def _clean_after_interruption(self) -> None:
+        """A run killed mid-write leaves hidden `.NAME.*.partial` files (the final names are always
+        whole): remove them. A resumed run also drops the log records of the steps after its
+        checkpoint, which it is about to redo, so log.jsonl holds each step once."""
+        out = self.options.out
+        for stale in [*out.glob(".*.partial"), *out.glob("snapshots/.*.partial")]:
+            stale.unlink(missing_ok=True)
+        if not self.log_path.is_file():
+            return
+        lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        kept = [ln for ln in lines if _log_line_kept(ln, self.state.step)]
+        if len(kept) != len(lines):
+            from mevos.atomic import write_text_atomic
+
+            write_text_atomic(self.log_path, "".join(f"{ln}\n" for ln in kept))
+
     def _bar(self, epoch: int):  # noqa: ANN202 - tqdm or None
         if not self.options.progress or self.rank != 0:
             return None
@@ -425,6 +443,16 @@ class Trainer:
     def _barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+
+def _log_line_kept(line: str, resumed_at: int) -> bool:
+    """Whether a log.jsonl line stays when a run resumes at step `resumed_at`: not a step or eval
+    record of a later step (those steps are redone), nor a line cut short by a kill."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return not (record.get("event") in ("step", "eval") and int(record.get("step", 0)) > resumed_at)
 
 
 def _np_state_to(state: tuple) -> list[Any]:
