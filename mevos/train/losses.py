@@ -21,9 +21,9 @@ def short_loss(x_t_phi: Tensor, x_next_phi: Tensor, temperature: float) -> Tenso
     """Eq. 12: per-pixel InfoNCE between X'_t = E(Phi(I_t)) and X_{t+1} = Phi(E(I_{t+1})), both
     B x D x h x w on the same grid: pixel k of X_{t+1} must pick pixel k of X'_t among all l."""
     a, b = _flat(x_next_phi), _flat(x_t_phi)
-    logits = torch.bmm(a, b.transpose(1, 2)) / temperature  # B x hw x hw
+    logits = torch.bmm(a / temperature, b.transpose(1, 2))  # B x hw x hw (1/T on the B x hw x D factor: cheaper)
     target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
-    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
 
 
 def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, temperature: float) -> Tensor:
@@ -31,10 +31,10 @@ def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, tempera
     x_t: E(I_t); all B x D x h x w. The argmax match o_k in I_t of pixel k of X'_{t'} (no gradient)
     is the label of a cross-entropy over the affinities of pixel k of X_{t'} with I_t."""
     i_t = _flat(x_t)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):  # float32 argmax, also under autocast
         match = torch.bmm(_flat(x_far_phi_enc), i_t.transpose(1, 2)).argmax(dim=2)  # B x hw
-    logits = torch.bmm(_flat(x_far_enc_phi), i_t.transpose(1, 2)) / temperature
-    return F.cross_entropy(logits.flatten(0, 1), match.flatten())
+    logits = torch.bmm(_flat(x_far_enc_phi) / temperature, i_t.transpose(1, 2))
+    return F.cross_entropy(logits.float().flatten(0, 1), match.flatten())
 
 
 def distill_loss(key: Tensor, target: Tensor) -> Tensor:
@@ -48,12 +48,14 @@ def affinity(ref_keys: Tensor, query_key: Tensor, temperature: float, top_k: int
     softmax over the references for each query pixel (top-k only when top_k > 0, as the runtime)."""
     b, n, d = ref_keys.shape[:3]
     kr = ref_keys.permute(0, 1, 3, 4, 2).reshape(b, -1, d)  # B x Nhw x D
-    kq = query_key.flatten(2)  # B x D x hw
-    scores = torch.bmm(kr, kq) / temperature  # B x Nhw x hw
-    if 0 < top_k < scores.shape[1]:
-        kth = scores.topk(top_k, dim=1).values[:, -1:, :]
+    kq = query_key.flatten(2).transpose(1, 2) / temperature  # B x hw x D: scales hw x D, not the Nhw x hw scores
+    # Scores laid out B x hw x Nhw so the softmax (and its backward) runs over the contiguous last
+    # dim, several times faster than over dim 1; returned as the B x Nhw x hw view of Eq. 6.
+    scores = torch.bmm(kq, kr.transpose(1, 2))  # B x hw x Nhw
+    if 0 < top_k < scores.shape[2]:
+        kth = scores.topk(top_k, dim=2).values[:, :, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
-    return torch.softmax(scores, dim=1)
+    return torch.softmax(scores, dim=2).transpose(1, 2)
 
 
 def seg_forward(model: MevosNet, ref_images: Tensor, ref_masks: Tensor, ref_keys: Tensor, query_image: Tensor,
@@ -67,12 +69,16 @@ def seg_forward(model: MevosNet, ref_images: Tensor, ref_masks: Tensor, ref_keys
     h, w = query_key.shape[-2:]
     values = model.encode_value(ref_images.flatten(0, 1), ref_masks.flatten(0, 1))  # BN x Cv x h x w
     cv = values.shape[1]
-    vr = values.view(b, n, cv, h, w).permute(0, 1, 3, 4, 2).reshape(b, n * h * w, cv)
-    yr = F.avg_pool2d(ref_masks.flatten(0, 1), 8).view(b, n * h * w, 1)  # masks at stride 8, as the runtime
-    a = affinity(ref_keys, query_key, temperature, top_k)  # B x Nhw x hw
-    at = a.transpose(1, 2)
-    readout = torch.bmm(at, vr).transpose(1, 2).reshape(b, cv, h, w)  # Eq. 7
-    coarse = torch.bmm(at, yr).transpose(1, 2).reshape(b, 1, h, w)  # Eq. 8
+    vr = values.reshape(b, n, cv, h, w).permute(0, 1, 3, 4, 2).reshape(b, n * h * w, cv)
+    yr = F.avg_pool2d(ref_masks.flatten(0, 1), 8).reshape(b, n * h * w, 1)  # masks at stride 8, as the runtime
+    # Under autocast (bf16 networks) the affinity stays float32: scores over a temperature of 0.05
+    # need more than bf16's 8-bit mantissa. The readout, a weighted mean, may be bf16.
+    with torch.autocast(query_key.device.type, enabled=False):
+        a = affinity(ref_keys.float(), query_key.float(), temperature, top_k)  # B x Nhw x hw
+    # Eq. 7 and 8 in one product: the reference masks ride as one more value channel
+    out = torch.bmm(a.transpose(1, 2), torch.cat([vr, yr.to(vr.dtype)], dim=2)).transpose(1, 2)  # B x (Cv+1) x hw
+    readout = out[:, :cv].reshape(b, cv, h, w)  # Eq. 7
+    coarse = out[:, cv:].float().reshape(b, 1, h, w)  # Eq. 8
     coarse = F.interpolate(coarse, size=query_image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
     value = model.encode_value(query_image, coarse)  # Eq. 9: V([I_q, Y_bar])
     return model.decode(readout, value, res3, res2)

@@ -4,6 +4,7 @@ when a teacher is set)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +29,35 @@ class SegTargets:
     valid: Tensor
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the networks run in under autocast, or None for float32 throughout.
+
+    'auto' is bfloat16 where the device computes it natively (CUDA with bf16; a CPU with
+    AVX512-BF16 or AMX, where oneDNN's bf16 convolutions are several times faster than float32),
+    else float32. Losses, affinities and the optimiser's weights stay float32 either way."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return torch.bfloat16 if any(f() for f in native) else None
+    return None
+
+
 class Objective(nn.Module):
     """Holds the model (as `.model`) and computes the losses of a batch."""
 
     def __init__(self, model: MevosNet, config: TrainConfig) -> None:
         super().__init__()
-        self.model = model
+        # Convolution weights in channels_last (same values): oneDNN then runs every convolution and
+        # its backward in that layout, without a reorder per layer (the value encoder's input, a
+        # concatenation, would otherwise fall back to NCHW).
+        self.model = model.to(memory_format=torch.channels_last)
         self.config = config
+        self.dtype = autocast_dtype(config.precision, next(model.parameters()).device)
         self.teacher: nn.Module | None = None
         if config.teacher == "xfeat":
             from mevos.train.teacher import XFeatTeacher
@@ -57,13 +80,19 @@ class Objective(nn.Module):
         views = [f[0], f[1], f[2]]
         if corr:
             views += [apply_batch(f[0], phi_short, (s, s)), apply_batch(f[2], phi_long, (s, s))]
-        keys, res3, res2 = self.model.encode_key(torch.cat(views))
+        with self._autocast():
+            keys, res3, res2 = self.model.encode_key(torch.cat(views))
+        keys = keys.float()
         k_t, k_next, k_far, *k_phi = keys.split(b)
         out: dict[str, Tensor] = {}
         total = keys.new_zeros(())
         if corr:
-            out["short"] = short_loss(k_phi[0], apply_batch(k_next, phi_short, g), cfg.corr_temperature)
-            out["long"] = long_loss(k_phi[1], apply_batch(k_far, phi_long, g), k_t, cfg.corr_temperature)
+            next_phi, far_phi = apply_batch(k_next, phi_short, g), apply_batch(k_far, phi_long, g)
+            # Under autocast the pixel-affinity products run in bf16 and the cross-entropies in float32
+            # (mixed precision as usual); the argmax labels of L_long and the Phi grids stay float32.
+            with self._autocast():
+                out["short"] = short_loss(k_phi[0], next_phi, cfg.corr_temperature)
+                out["long"] = long_loss(k_phi[1], far_phi, k_t, cfg.corr_temperature)
             total = cfg.w_short * out["short"] + cfg.w_long * out["long"]
         if self.teacher is not None:
             out["distill"] = distill_loss(keys[: 3 * b], self.teacher(torch.cat(views[:3])))
@@ -85,10 +114,17 @@ class Objective(nn.Module):
         r3 = res3[q * b + idx]
         r2 = res2[q * b + idx]
         rows = idx[:, None]
-        logits = seg_forward(
-            self.model,
-            ref_images=frames[rows, refs][v], ref_masks=seg.masks[rows, refs][v], ref_keys=keys[rows, refs][v],
-            query_image=frames[idx, q][v], query_key=keys[idx, q][v], res3=r3[v], res2=r2[v],
-            temperature=cfg.seg_temperature, top_k=cfg.seg_top_k,
-        )
-        return seg_loss(logits, seg.masks[idx, q][v])
+        with self._autocast():
+            logits = seg_forward(
+                self.model,
+                ref_images=frames[rows, refs][v], ref_masks=seg.masks[rows, refs][v], ref_keys=keys[rows, refs][v],
+                query_image=frames[idx, q][v], query_key=keys[idx, q][v], res3=r3[v], res2=r2[v],
+                temperature=cfg.seg_temperature, top_k=cfg.seg_top_k,
+            )
+        return seg_loss(logits.float(), seg.masks[idx, q][v])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The networks' stages run in self.dtype (nothing changes when it is None)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.dtype)

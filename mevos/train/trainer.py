@@ -294,8 +294,8 @@ class Trainer:
         q, r = (2, [1, 0]) if rng.random() < 0.5 else (0, [1, 2])
         labels = crop_labels(self.state.labels[vi][index], clip, s)  # 3 x S x S
         ref_lab = labels[r[: cfg.num_refs]]
-        ids, counts = torch.unique(ref_lab[ref_lab > 0], return_counts=True)
-        ok_ids = [int(i) for i, c in zip(ids, counts) if c >= cfg.min_object_fraction * ref_lab.numel()]
+        counts = torch.bincount(ref_lab.flatten()).tolist()  # labels are 0..M: no sort (torch.unique) needed
+        ok_ids = [i for i, c in enumerate(counts) if i > 0 and c > 0 and c >= cfg.min_object_fraction * ref_lab.numel()]
         if not ok_ids:
             return torch.zeros(3, 1, s, s), q, r, False
         obj = ok_ids[int(rng.integers(len(ok_ids)))]
@@ -383,7 +383,9 @@ class Trainer:
             # per process, and clustering and checkpoints read them: take rank 0's everywhere.
             for buf in self.model.buffers():
                 dist.broadcast(buf, 0)
-        return {k: float(v.detach()) for k, v in losses.items()}
+        # One device-to-host copy for all the terms (one sync on a GPU, not one per term)
+        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()
+        return dict(zip(losses, values))
 
     def evaluate(self) -> dict[str, Any] | None:
         """DAVIS J&F of the current weights (rank 0), logged."""
