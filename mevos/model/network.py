@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mevos.model.config import ModelConfig
+from mevos.model.colour import cell_colour
+from mevos.model.config import COLOUR_DIMS, ModelConfig
 from mevos.model.resnet import ResNet
+from mevos.model.xfeat import XFeatDescriptor
 
 # ImageNet statistics: the usual input normalisation for ResNets.
 _MEAN = (0.485, 0.456, 0.406)
@@ -38,13 +40,29 @@ class KeyEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.config = config
         self.normalize = _Normalize()
-        self.backbone = ResNet(config, in_channels=3)
-        self.project = nn.Conv2d(config.feature_channels, config.key_dim, 1)
+        xfeat = config.key_backbone == "xfeat"
+        self.backbone = ResNet(config, in_channels=3, skips_only=xfeat)
+        # The learned key: a projection of the ResNet's features (the paper), or XFeat's descriptors.
+        self.project = None if xfeat else nn.Conv2d(config.feature_channels, config.learned_key_dim, 1)
+        self.xfeat = XFeatDescriptor() if xfeat else None
+
+    def train(self, mode: bool = True) -> KeyEncoder:
+        """The XFeat descriptor stays frozen (eval mode: its batch norms keep their statistics)."""
+        super().train(mode)
+        if self.xfeat is not None:
+            self.xfeat.eval()
+        return self
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         feat, res3, res2 = self.backbone(self.normalize(image))
-        key = F.normalize(self.project(feat), dim=1)
+        learned = self.xfeat(image) if self.xfeat is not None else self.project(feat)  # type: ignore[misc]
+        key = F.normalize(learned, dim=1)
+        if self.config.key_colour:
+            # The colour part: cosine similarity of keys = descriptor similarity + colour agreement.
+            colour = cell_colour(image, 8, COLOUR_DIMS, self.config.key_colour)
+            key = F.normalize(torch.cat([key, colour], dim=1), dim=1)
         return key, res3, res2
 
 

@@ -76,7 +76,7 @@ class ResNet(nn.Module):
     res3 B x res3_channels x H/8 x W/8, res2 B x res2_channels x H/4 x W/4.
     """
 
-    def __init__(self, config: ModelConfig, in_channels: int = 3) -> None:
+    def __init__(self, config: ModelConfig, in_channels: int = 3, skips_only: bool = False) -> None:
         super().__init__()
         block = BasicBlock if config.block == "basic" else Bottleneck
         self.conv1 = nn.Conv2d(in_channels, config.stem_width, 7, stride=2, padding=3, bias=False)
@@ -86,14 +86,16 @@ class ResNet(nn.Module):
         strides = (1, 2, 1, 1)  # layer3 and layer4 keep stride 8 (paper section 3.3)
         cin = config.stem_width
         stages: list[nn.Sequential] = []
-        for i in range(config.feature_layer):
+        # skips_only: layers 1-2 alone (the skips), for a key encoder whose key comes from elsewhere.
+        for i in range(2 if skips_only else config.feature_layer):
             blocks = []
             for j in range(config.layers[i]):
                 blocks.append(block(cin, config.widths[i], strides[i] if j == 0 else 1))
                 cin = config.widths[i] * block.expansion
             stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages[0], stages[1], stages[2]
-        self.layer4 = stages[3] if config.feature_layer == 4 else None
+        self.layer1, self.layer2 = stages[0], stages[1]
+        self.layer3 = stages[2] if len(stages) > 2 else None
+        self.layer4 = stages[3] if len(stages) > 3 else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -114,6 +116,8 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         res2 = self.layer1(x)
         res3 = self.layer2(res2)
+        if self.layer3 is None:  # skips_only: the stride-8 skip stands in for the features
+            return res3, res3, res2
         feat = self.layer3(res3)
         if self.layer4 is not None:
             feat = self.layer4(feat)

@@ -165,14 +165,23 @@ PRESETS: dict[str, TrainConfig] = {
         lr=3e-4, lr_step_epochs=6, joint_lr=1e-4, recluster_every=4, kmeans_iters=50, kmeans_points=20000,
         cluster_short_side=192,
     ),
-    # The `small` model with XFeat (the `teacher` extra) as the correspondence teacher: phase 1
-    # regresses E's key onto XFeat's descriptors (no Phi views: three encoder passes per clip, not
-    # five); phase 2 is the paper's mask-embedding training (L_seg on clustered pseudo masks) with the
-    # distillation term kept so the key does not drift. How the shipped small.pt was trained.
-    "cpu-xfeat": TrainConfig(
-        model="small", crop_size=256, batch_size=4, clips_per_video=8, corr_epochs=40, joint_epochs=20,
-        lr=5e-4, lr_step_epochs=15, joint_lr=1e-4, recluster_every=10, kmeans_iters=50, kmeans_points=20000,
+    # Distillation: the `small` model's key regresses XFeat's descriptors (the `teacher` extra) in
+    # phase 1 (no Phi views: three encoder passes per clip, not five); phase 2 is the paper's
+    # mask-embedding training (L_seg on clustered pseudo masks) with the distillation term kept.
+    # The run that made the skips, V and D the shipped `small-xfeat` weights start from.
+    "cpu-distill": TrainConfig(
+        model="small", crop_size=256, batch_size=4, clips_per_video=8, corr_epochs=16, joint_epochs=6,
+        lr=5e-4, lr_step_epochs=6, joint_lr=1e-4, recluster_every=10, kmeans_iters=50, kmeans_points=20000,
         cluster_short_side=192, w_short=0.0, w_long=0.0, teacher="xfeat", w_distill=1.0,
+    ),
+    # The shipped CPU default (mevos/assets/small.md): the `small-xfeat` model, whose key is XFeat's
+    # released descriptors (frozen) plus the cell's colour; joint phase only: V, D and the skips learn
+    # the mask embedding (L_seg) on pseudo masks clustered from those keys. Start it with --init
+    # from a cpu-distill run.
+    "cpu-xfeat": TrainConfig(
+        model="small-xfeat", crop_size=256, batch_size=4, clips_per_video=8, corr_epochs=0, joint_epochs=6,
+        joint_lr=1e-4, recluster_every=3, kmeans_iters=50, kmeans_points=20000, cluster_short_side=192,
+        w_short=0.0, w_long=0.0,
     ),
     # A few steps at toy sizes: tests and smoke runs.
     "tiny": TrainConfig(

