@@ -22,6 +22,12 @@ class TrainConfig:
     model: str = "r18"  # model preset (mevos.model.PRESETS)
     # -- data (section 3.3): random scaling of the short side, square crops, flips
     crop_size: int = 256
+    # Sides of the training crops of phase 1 (correspondence) and phase 2 (joint), 0: crop_size.
+    # Smaller crops are cheaper (pixels, and the hw x hw affinities quadratically). Crops are taken
+    # at the same image scale (scale_min..scale_max); batches outside the schedule (evaluations)
+    # and the clustering do not use them.
+    corr_crop_size: int = 0
+    joint_crop_size: int = 0
     scale_min: int = 256  # short side after random scaling, pixels
     scale_max: int = 320
     flip: bool = True
@@ -75,6 +81,8 @@ class TrainConfig:
             (self.crop_size >= 16 and self.crop_size % 8 == 0, "crop_size must be a multiple of 8, >= 16"),
             (0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max"),
             (self.scale_min >= self.crop_size, "scale_min must be >= crop_size (crops lie inside the frame)"),
+            (all(c == 0 or (16 <= c <= self.crop_size and c % 8 == 0) for c in (self.corr_crop_size, self.joint_crop_size)),
+             "corr_crop_size and joint_crop_size must be 0 or multiples of 8 in [16, crop_size]"),
             (self.batch_size >= 1 and self.clips_per_video >= 1, "batch_size and clips_per_video must be >= 1"),
             (self.long_gap >= 1, "long_gap must be >= 1"),
             (self.long_max_gap == 0 or self.long_max_gap >= self.long_gap, "long_max_gap must be 0 or >= long_gap"),

@@ -301,7 +301,7 @@ class Trainer:
             phis.append(ps)
             phil.append(pl)
             if with_seg:
-                m, q, r, ok = self._seg_target(vi, index, clip, rng)
+                m, q, r, ok = self._seg_target(vi, index, clip, rng, crop)
                 masks.append(m)
                 qs.append(q)
                 refs.append(r)
@@ -312,11 +312,12 @@ class Trainer:
                              torch.tensor(refs, device=self.device), torch.tensor(valid, device=self.device))
         return torch.stack(frames).to(self.device), phis, phil, seg
 
-    def _seg_target(self, vi: int, index: list[int], clip: Any, rng: np.random.Generator
+    def _seg_target(self, vi: int, index: list[int], clip: Any, rng: np.random.Generator, crop: int | None = None
                     ) -> tuple[torch.Tensor, int, list[int], bool]:
-        """One pseudo object of the clip: (masks 3 x 1 x S x S, query position, reference positions, found)."""
+        """One pseudo object of the clip: (masks 3 x 1 x S x S, query position, reference positions, found);
+        S = crop (default crop_size)."""
         cfg = self.config
-        s = cfg.crop_size
+        s = crop or cfg.crop_size
         # Query: the far frame t' (references t, t+1) or frame t (references t+1, t'), at random.
         q, r = (2, [1, 0]) if rng.random() < 0.5 else (0, [1, 2])
         labels = crop_labels(self.state.labels[vi][index], clip, s)  # 3 x S x S
