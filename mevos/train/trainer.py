@@ -289,13 +289,19 @@ class Trainer:
         start = b * cfg.batch_size + self.rank * self.local_batch
         return [int(order[(start + j) % len(order)]) for j in range(self.local_batch)]
 
-    def make_batch(self, epoch: int, b: int, with_seg: bool) -> tuple[torch.Tensor, list, list, SegTargets | None]:
+    def make_batch(self, epoch: int, b: int, with_seg: bool, crop: int | None = None
+                   ) -> tuple[torch.Tensor, list, list, SegTargets | None]:
+        """Batch b of an epoch. crop: the crops' side; None: the epoch's phase decides
+        (corr_crop_size or joint_crop_size, when set; crop_size past the schedule)."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, epoch, b, self.rank, 7])
+        if crop is None:
+            phase_crop = cfg.corr_crop_size if epoch < cfg.corr_epochs else cfg.joint_crop_size if epoch < cfg.epochs else 0
+            crop = phase_crop or cfg.crop_size
         frames, phis, phil, masks, qs, refs, valid = [], [], [], [], [], [], []
         for vi in self._batch_items(epoch, b):
             x, index, clip, ps, pl = sample_clip(
-                self.data, vi, rng, cfg.crop_size, cfg.scale_min, cfg.scale_max, cfg.flip, cfg.long_gap,
+                self.data, vi, rng, crop, cfg.scale_min, cfg.scale_max, cfg.flip, cfg.long_gap,
                 cfg.long_max_gap, cfg.phi_scale_min, cfg.phi_flip)
             frames.append(x)
             phis.append(ps)
