@@ -74,16 +74,17 @@ class _R18Keys(torch.nn.Module):
 class _WithColour(torch.nn.Module):
     """Keys of another network, concatenated with the mean CIE Lab colour of each 8x8 cell."""
 
-    def __init__(self, net: torch.nn.Module, weight: float) -> None:
+    def __init__(self, net: torch.nn.Module, weight: float, lightness: float = 1.0) -> None:
         super().__init__()
-        self.net, self.weight = net, weight
+        self.net, self.weight, self.lightness = net, weight, lightness
 
     def forward(self, image: Tensor) -> Tensor:
         from mevos.model.colour import rgb_to_lab
 
         lab = torch.nn.functional.avg_pool2d(rgb_to_lab(image), 8)
         lab = (lab - torch.tensor([50.0, 0, 0]).view(1, 3, 1, 1)) / 50.0
-        return torch.cat([self.net(image), self.weight * lab], dim=1)
+        lab = lab * torch.tensor([self.lightness, 1.0, 1.0]).view(1, 3, 1, 1)
+        return torch.cat([torch.nn.functional.normalize(self.net(image), dim=1), self.weight * lab], dim=1)
 
 
 def make_backend(source: str, checkpoint: str | None) -> Backend:
@@ -96,10 +97,12 @@ def make_backend(source: str, checkpoint: str | None) -> Backend:
         from mevos.train.teacher import XFeatTeacher
 
         return KeyOnlyBackend(XFeatTeacher(), 64)
-    if source.startswith("xfeat+lab"):
+    if source.startswith("xfeat+lab"):  # xfeat+lab@WEIGHT[/LIGHTNESS]
         from mevos.train.teacher import XFeatTeacher
 
-        return KeyOnlyBackend(_WithColour(XFeatTeacher(), float(source.split("@")[1]) if "@" in source else 1.0), 67)
+        spec = source.split("@")[1] if "@" in source else "1"
+        weight, _, light = spec.partition("/")
+        return KeyOnlyBackend(_WithColour(XFeatTeacher(), float(weight), float(light or 1.0)), 67)
     raise SystemExit(f"unknown key source {source!r}")
 
 

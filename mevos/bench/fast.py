@@ -234,8 +234,15 @@ class FastTracker:
 
     def _encode_memory(self) -> tuple[Tensor, Tensor]:
         image = self.key_stage.out[0]
-        values = self.model.encode_value(image, self.probs.to(self.dtype))  # O x Cv x h x w
-        small = F.avg_pool2d(self.probs, STRIDE)[:, 0]  # O x h x w
+        probs = self.probs
+        if self.config.memory_masks == "hard":
+            # As the Tracker: a predicted frame is memorised with its label map (one-hot).
+            p = probs[:, 0]
+            dist = with_background(p) if self.config.refine_rounds > 0 else soft_aggregate(p)
+            win = dist.argmax(dim=0, keepdim=True) == torch.arange(self.O + 1, device=dist.device).view(-1, 1, 1)
+            probs = win[1:].unsqueeze(1).to(probs.dtype)  # no one_hot: it checks its input on the host
+        values = self.model.encode_value(image, probs.to(self.dtype))  # O x Cv x h x w
+        small = F.avg_pool2d(probs, STRIDE)[:, 0]  # O x h x w
         v = values.permute(2, 3, 0, 1).reshape(self.P, -1).to(self.dtype).contiguous()
         m = small.reshape(self.O, self.P).t().to(self.dtype).contiguous()
         return v, m

@@ -21,10 +21,11 @@ def rgb_to_lab(image: Tensor) -> Tensor:
     return torch.stack([lum, a, b], dim=1)
 
 
-def cell_colour(image: Tensor, stride: int, channels: int, weight: float) -> Tensor:
+def cell_colour(image: Tensor, stride: int, channels: int, weight: float, lightness: float = 1.0) -> Tensor:
     """image B x 3 x H x W sRGB in [0, 1] -> B x channels x H/stride x W/stride: the mean Lab of each
-    cell, centred and scaled to about [-1, 1] ((L - 50) / 50, a / 50, b / 50), times `weight`, in
-    the first 3 channels; zeros in the others (padding to a kernel-friendly width)."""
+    cell, centred and scaled to about [-1, 1] ((L - 50) / 50 * lightness, a / 50, b / 50), times
+    `weight`, in the first 3 channels; zeros in the others (padding to a kernel-friendly width)."""
     lab = F.avg_pool2d(rgb_to_lab(image), stride)
-    lab = (lab - lab.new_tensor([50.0, 0.0, 0.0]).view(1, 3, 1, 1)) * (weight / 50.0)
+    scale = lab.new_tensor([lightness, 1.0, 1.0]).view(1, 3, 1, 1) * (weight / 50.0)
+    lab = (lab - lab.new_tensor([50.0, 0.0, 0.0]).view(1, 3, 1, 1)) * scale
     return F.pad(lab, (0, 0, 0, 0, 0, channels - 3))

@@ -34,6 +34,9 @@ class ModelConfig:
     # Weight of the colour part of the key: the mean CIE Lab of each 8x8 cell, in the last
     # COLOUR_DIMS channels (3 used, zero padding keeps key_dim a multiple of 16). 0: no colour part.
     key_colour: float = 0.0
+    # Weight of the lightness L relative to the chroma a, b in the colour part: below 1, a shadow
+    # (mostly a change of L) moves the key less than a change of hue does.
+    key_lightness: float = 1.0
 
     def __post_init__(self) -> None:
         if self.block not in ("basic", "bottleneck"):
@@ -44,8 +47,8 @@ class ModelConfig:
             raise UsageError("layers and widths need four positive entries each")
         if self.key_backbone not in ("resnet", "xfeat"):
             raise UsageError(f"key_backbone must be 'resnet' or 'xfeat', not {self.key_backbone!r}")
-        if self.key_colour < 0:
-            raise UsageError("key_colour must be >= 0")
+        if self.key_colour < 0 or self.key_lightness < 0:
+            raise UsageError("key_colour and key_lightness must be >= 0")
         if self.key_backbone == "xfeat" and self.learned_key_dim != XFEAT_DIM:
             raise UsageError(f"an xfeat key has {XFEAT_DIM} channels (+{COLOUR_DIMS} with colour): "
                              f"key_dim must be {XFEAT_DIM + (COLOUR_DIMS if self.key_colour else 0)}")
@@ -130,7 +133,8 @@ PRESETS: dict[str, ModelConfig] = {
         value_dim=128,
         decoder_dim=64,
         key_backbone="xfeat",
-        key_colour=1.0,
+        key_colour=2.0,
+        key_lightness=0.5,
     ),
 }
 

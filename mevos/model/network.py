@@ -61,7 +61,7 @@ class KeyEncoder(nn.Module):
         key = F.normalize(learned, dim=1)
         if self.config.key_colour:
             # The colour part: cosine similarity of keys = descriptor similarity + colour agreement.
-            colour = cell_colour(image, 8, COLOUR_DIMS, self.config.key_colour)
+            colour = cell_colour(image, 8, COLOUR_DIMS, self.config.key_colour, self.config.key_lightness)
             key = F.normalize(torch.cat([key, colour], dim=1), dim=1)
         return key, res3, res2
 

@@ -25,25 +25,46 @@ def add_tracker_arguments(parser: argparse.ArgumentParser, server_defaults: bool
     """The TrackerConfig fields as options, defaults from TrackerConfig; with server_defaults
     (`mevos stream`) every option defaults to None, meaning: the server's setting."""
     d = TrackerConfig()
-    title = "tracking (default: the server's)" if server_defaults else "tracking (defaults: the paper's DAVIS protocol)"
+    title = ("tracking (default: the server's)" if server_defaults
+             else "tracking (defaults: chosen on DAVIS-2016, see mevos/assets/small.md)")
     g = parser.add_argument_group(title)
     options = [
         ("--top-k", int, d.top_k, "memory matches per pixel"),
         ("--temperature", float, d.temperature, "softmax temperature of the affinity"),
         ("--mem-frames", int, d.mem_frames, "recent frames kept in memory besides the pinned ones"),
         ("--refine-rounds", int, d.refine_rounds, "recurrent refinement rounds R"),
-        ("--radius", int, d.radius, "locality radius in feature cells for non-pinned memory frames (paper: 12)"),
-        ("--short-side", int, d.short_side, "process frames at this short side in pixels"),
+        ("--radius", int, d.radius, "locality radius in feature cells for non-pinned memory frames (paper: 12 at 480p)"),
+        ("--short-side", int, d.short_side,
+         f"process frames at exactly this short side in pixels (unset: the input's, scaled down to "
+         f"{d.max_short_side} when larger; e.g. 480 for DAVIS at full size)"),
     ]
     for flag, kind, value, help_text in options:
+        if flag == "--radius" and not server_defaults:
+            kind, help_text = _radius, help_text + "; 'none' for no limit"
         if server_defaults:
             shown = "the server's"
         elif value is None:
-            shown = "the input size" if flag == "--short-side" else "none"
+            shown = f"the input size, at most {d.max_short_side}" if flag == "--short-side" else "none"
         else:
             shown = str(value)
         g.add_argument(flag, type=kind, default=None if server_defaults else value,
                        help=f"{help_text} (default: {shown})")
+
+
+    if not server_defaults:  # not a session setting of the gRPC protocol: the server's own default
+        g.add_argument("--memory-masks", choices=["soft", "hard"], default=d.memory_masks,
+                       help="what a predicted frame stores in memory: its label map (hard) or its "
+                            f"probabilities (soft) (default: {d.memory_masks})")
+
+
+def _radius(text: str) -> int | None:
+    """--radius: a number of feature cells, or 'none' for no locality limit."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"radius must be a number of cells or 'none', not {text!r}") from None
 
 
 def tracker_config_from_args(args: argparse.Namespace) -> TrackerConfig:
@@ -55,4 +76,5 @@ def tracker_config_from_args(args: argparse.Namespace) -> TrackerConfig:
         refine_rounds=args.refine_rounds,
         radius=args.radius,
         short_side=args.short_side,
+        memory_masks=getattr(args, "memory_masks", None) or TrackerConfig.memory_masks,
     )

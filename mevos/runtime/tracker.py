@@ -27,17 +27,32 @@ MAX_OBJECT_ID = 255  # label maps are 8-bit palette images
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """Inference settings (defaults: the paper and its peers' DAVIS protocol)."""
+    """Inference settings. top_k, temperature and mem_frames are the paper's DAVIS protocol; the
+    others were chosen by measurement on the 17 DAVIS-2016 dev sequences with the shipped weights
+    (benchmarks/results/quality_inference.json, mevos/assets/small.md):
+
+    - max_short_side 240: frames with a larger short side are processed at 240 (smaller ones as
+      they are). The CPU reference affinity takes ~7 s a frame at 480p with 20 memory frames, ~1 s
+      at 240p. short_side, when set, is the exact working short side instead (e.g. 480).
+    - radius 4 feature cells (32 px at 240p) for non-pinned memory frames: the paper's locality
+      window (12 cells at 480p) scaled to 240p and measured (4 > 6 > 8 > none).
+    - refine_rounds 0: the shipped decoder, trained on pseudo masks for an hour of CPU, lowers J&F
+      when it refines; the coarse mask A^T Y_r is the output. The paper's R = 2 is one flag away.
+    - memory_masks "hard": a predicted frame enters the memory with its label map, not its
+      probabilities, which otherwise fade a little through every read.
+    """
 
     top_k: int = 10
     temperature: float = 0.05
     mem_frames: int = 20
-    refine_rounds: int = 2
-    radius: int | None = None
+    refine_rounds: int = 0
+    radius: int | None = 4
     max_pinned: int = 8
-    short_side: int | None = None
+    short_side: int | None = None  # exact working short side (None: the input's, capped by max_short_side)
+    max_short_side: int | None = 240
     chunk_size: int = 1024
     max_objects: int = 32
+    memory_masks: str = "hard"  # what a predicted frame stores: "soft" probabilities or its "hard" label map
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,12 +63,22 @@ class TrackerConfig:
             (self.radius is None or self.radius >= 0, "radius must be >= 0 (or None for no limit)"),
             (self.max_pinned >= 1, "max_pinned must be >= 1"),
             (self.short_side is None or self.short_side >= STRIDE, f"short_side must be >= {STRIDE}"),
+            (self.max_short_side is None or self.max_short_side >= STRIDE, f"max_short_side must be >= {STRIDE}"),
             (self.chunk_size >= 1, "chunk_size must be >= 1"),
             (1 <= self.max_objects <= MAX_OBJECT_ID, f"max_objects must be in 1..{MAX_OBJECT_ID}"),
+            (self.memory_masks in ("soft", "hard"), "memory_masks must be 'soft' or 'hard'"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise UsageError(f"tracker setting: {msg}")
+
+    def geometry(self, size: tuple[int, int]) -> Geometry:
+        """The working geometry of frames of `size` (H, W): short_side if set, else the input size
+        scaled down to max_short_side when its short side is larger."""
+        side = self.short_side
+        if side is None and self.max_short_side is not None and min(size) > self.max_short_side:
+            side = self.max_short_side
+        return Geometry.for_size(size, side)
 
     @property
     def affinity(self) -> AffinityConfig:
@@ -111,7 +136,7 @@ class Tracker:
         if geo is None:
             if masks is None:
                 raise InputError("the first frame of a session needs a mask with at least one object")
-            geo = Geometry.for_size((int(frame_t.shape[0]), int(frame_t.shape[1])), cfg.short_side)
+            geo = cfg.geometry((int(frame_t.shape[0]), int(frame_t.shape[1])))
         # Validate everything before any state changes, so a bad request loses nothing.
         given = self._check_masks(masks, geo) if masks is not None else None
         self._check_remove(remove)
@@ -136,9 +161,15 @@ class Tracker:
             probs, aggregated = self._apply_given(probs, given, geo, query.dtype), False
         assert probs is not None and self.memory is not None
         ids = list(self.memory.object_ids)
-        self._memorise(image, query, probs, pinned=given is not None)
         # Objects are merged by soft aggregation exactly once per frame.
-        full = geo.to_input(with_background(probs) if aggregated else soft_aggregate(probs))  # (O+1) x H x W
+        dist = with_background(probs) if aggregated else soft_aggregate(probs)  # (O+1) x H'' x W''
+        if self.config.memory_masks == "hard" and given is None:
+            # The memory keeps the frame's label map (one-hot), not its probabilities: soft masks
+            # read back through the affinity fade a little more with every frame.
+            win = dist.argmax(dim=0, keepdim=True) == torch.arange(len(ids) + 1, device=dist.device).view(-1, 1, 1)
+            probs = win[1:].to(probs.dtype)
+        self._memorise(image, query, probs, pinned=given is not None)
+        full = geo.to_input(dist)  # (O+1) x H x W
         lut = torch.tensor([0, *ids], dtype=torch.uint8, device=full.device)
         labels = lut[full.argmax(dim=0)]
         if given is not None:

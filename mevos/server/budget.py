@@ -39,7 +39,7 @@ class MemoryBudget:
     def geometry(self, size: tuple[int, int], config: TrackerConfig, where: str) -> Geometry:
         """The working geometry of frames of `size` (H, W); INVALID_ARGUMENT when short_side
         scales them beyond max_side."""
-        geo = Geometry.for_size(size, config.short_side)
+        geo = config.geometry(size)
         (h, w), (sh, sw) = size, geo.scaled
         if max(sh, sw) > self.max_side:
             raise RequestError("INVALID_ARGUMENT", f"{where}: short_side {config.short_side} scales the {w}x{h} frame "

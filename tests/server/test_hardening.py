@@ -93,7 +93,9 @@ def test_1_memory_budget_refuses_before_allocating(srv: Served, healthy: Healthy
     # The case: 1024x1024, 32 objects, mem_frames 50 -> a 15.6 GB memory bank.
     frame = np.zeros((1024, 1024, 3), np.uint8)
     many = (np.arange(1024)[None, :] // 32 + 1).repeat(1024, axis=0).astype(np.uint8)  # ids 1..32
-    req = pb.TrackRequest(settings=settings(mem_frames=50), frame=image(frame), masks=labels(many, "raw"))
+    # short_side 1024: the frame at full size (unset, the server would work at max_short_side 240).
+    req = pb.TrackRequest(settings=settings(mem_frames=50, short_side=1024), frame=image(frame),
+                          masks=labels(many, "raw"))
     with PeakRss() as rss:
         n, err = _run(srv, [req])
     assert err is not None and err.code == "RESOURCE_EXHAUSTED", err
