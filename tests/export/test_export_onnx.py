@@ -117,7 +117,7 @@ def test_cached_export_is_keyed_by_checkpoint_and_reused(tmp_path: Path, model: 
     assert os.stat(first.paths["decode"]).st_mtime_ns == stamp  # reused, not exported again
     first.paths["decode"].write_bytes(b"damaged")  # a damaged cache entry is exported again
     assert load_onnx_export(cached_export(ckpt).folder).folder == first.folder
-    assert resolve_export(None).config == preset("small")  # the default weights
+    assert resolve_export(None).config == preset("small-xfeat")  # the default weights
 
 
 def test_export_folder_honours_the_umask(folder: Path) -> None:

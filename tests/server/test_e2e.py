@@ -80,7 +80,7 @@ def test_three_output_encodings_decode_to_the_same_label_map(served, video) -> N
 def test_server_info_health_and_metrics(served) -> None:  # noqa: ANN001
     with served.client() as client:
         info = client.server_info()
-        assert info.backend == "torch" and info.preset == "small-xfeat" and info.device == "cpu"
+        assert info.backend == "torch" and info.preset == "small" and info.device == "cpu"
         assert info.limits.max_sessions == 8 and info.defaults.top_k == 10 and not info.auth_required
         assert info.active_sessions == 0
         assert client.health() == "SERVING"
