@@ -24,6 +24,16 @@ SETTINGS = {"top_k": 10, "mem_frames": 4, "refine_rounds": 1}
 TRACKER = TrackerConfig(top_k=10, mem_frames=4, refine_rounds=1)
 
 
+# Set at import, before the first torch op of the process: threads that torch has not seen yet
+# (gRPC handlers, the scheduler) then start with one intra-op thread too. Set only in a fixture,
+# a run of these tests alone left those threads at the machine's default, and the server's masks
+# differed from the in-process oracle's on near-tie pixels (while the whole suite, where an earlier
+# test had set one thread, passed).
+import torch as _torch  # noqa: E402
+
+_torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Sessions and the scheduler run in parallel threads; torch's own intra-op threads on top
