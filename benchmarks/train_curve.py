@@ -106,6 +106,7 @@ def main() -> int:
             table["points"][snap.name] = row
             print(f"{snap.name}: step {row['step']} {key} {r['JF']:.4f}", flush=True)
             write_text_atomic(out, json.dumps(table, indent=1) + "\n")
+    write_text_atomic(out, json.dumps(table, indent=1) + "\n")
     plot(table, out.with_suffix(".png"))
     return 0
 
