@@ -79,12 +79,10 @@ class _WithColour(torch.nn.Module):
         self.net, self.weight, self.lightness = net, weight, lightness
 
     def forward(self, image: Tensor) -> Tensor:
-        from mevos.model.colour import rgb_to_lab
+        from mevos.model.colour import cell_colour
 
-        lab = torch.nn.functional.avg_pool2d(rgb_to_lab(image), 8)
-        lab = (lab - torch.tensor([50.0, 0, 0]).view(1, 3, 1, 1)) / 50.0
-        lab = lab * torch.tensor([self.lightness, 1.0, 1.0]).view(1, 3, 1, 1)
-        return torch.cat([torch.nn.functional.normalize(self.net(image), dim=1), self.weight * lab], dim=1)
+        colour = cell_colour(image, 8, 3, self.weight, self.lightness)
+        return torch.cat([torch.nn.functional.normalize(self.net(image), dim=1), colour], dim=1)
 
 
 def make_backend(source: str, checkpoint: str | None) -> Backend:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from mevos.errors import InputError, UsageError
 from mevos.kernels import ops, reference
-from mevos.kernels.reference import soft_aggregate, with_background
+from mevos.kernels.reference import label_masks, soft_aggregate, with_background
 from mevos.model.network import MevosNet
 from mevos.runtime.geometry import STRIDE, Geometry
 from mevos.runtime.tracker import TrackerConfig
@@ -239,8 +239,7 @@ class FastTracker:
             # As the Tracker: a predicted frame is memorised with its label map (one-hot).
             p = probs[:, 0]
             dist = with_background(p) if self.config.refine_rounds > 0 else soft_aggregate(p)
-            win = dist.argmax(dim=0, keepdim=True) == torch.arange(self.O + 1, device=dist.device).view(-1, 1, 1)
-            probs = win[1:].unsqueeze(1).to(probs.dtype)  # no one_hot: it checks its input on the host
+            probs = label_masks(dist).unsqueeze(1).to(probs.dtype)
         values = self.model.encode_value(image, probs.to(self.dtype))  # O x Cv x h x w
         small = F.avg_pool2d(probs, STRIDE)[:, 0]  # O x h x w
         v = values.permute(2, 3, 0, 1).reshape(self.P, -1).to(self.dtype).contiguous()

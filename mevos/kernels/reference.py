@@ -383,6 +383,17 @@ def with_background(aggregated: Tensor) -> Tensor:
     return torch.cat(((1 - p.sum(dim=0, keepdim=True)).clamp_min(0), p), dim=0)
 
 
+def label_masks(probs_with_bg: Tensor) -> Tensor:
+    """The label map of a distribution as one binary mask per object.
+
+    probs_with_bg: (O+1) x H x W, background at index 0 -> O x H x W bool, True where the object
+    wins the argmax (the first channel wins ties). No F.one_hot: it checks its input on the host,
+    which a CUDA graph cannot hold.
+    """
+    channels = torch.arange(probs_with_bg.shape[0], device=probs_with_bg.device).view(-1, 1, 1)
+    return (probs_with_bg.argmax(dim=0, keepdim=True) == channels)[1:]
+
+
 def labels_from_probs(probs_with_bg: Tensor, object_ids: Sequence[int]) -> Tensor:
     """Label map from soft_aggregate's output.
 

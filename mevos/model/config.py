@@ -120,23 +120,15 @@ PRESETS: dict[str, ModelConfig] = {
         value_dim=128,
         decoder_dim=64,
     ),
-    # The CPU default (mevos/assets/small.md): XFeat's descriptors (the teacher's weights, frozen)
-    # plus the cell's colour as the key; the small ResNet gives the decoder's skips; V and D as `small`.
-    "small-xfeat": ModelConfig(
-        name="small-xfeat",
-        block="basic",
-        layers=(1, 1, 1, 1),
-        widths=(24, 48, 96, 128),
-        stem_width=24,
-        feature_layer=4,
-        key_dim=XFEAT_DIM + COLOUR_DIMS,
-        value_dim=128,
-        decoder_dim=64,
-        key_backbone="xfeat",
-        key_colour=2.0,
-        key_lightness=0.5,
-    ),
 }
+
+
+# The CPU default (mevos/assets/small.md): XFeat's descriptors (the teacher's weights, frozen)
+# plus the cell's colour as the key; the small ResNet gives the decoder's skips; V and D as `small`.
+PRESETS["small-xfeat"] = dataclasses.replace(
+    PRESETS["small"], name="small-xfeat", key_dim=XFEAT_DIM + COLOUR_DIMS, key_backbone="xfeat",
+    key_colour=2.0, key_lightness=0.5,
+)
 
 
 def preset(name: str) -> ModelConfig:

