@@ -17,13 +17,69 @@ def _flat(x: Tensor) -> Tensor:
     return F.normalize(x.flatten(2).transpose(1, 2), dim=2)
 
 
+class _InfoNCE(torch.autograd.Function):
+    """Mean cross-entropy of the rows of Q K^T (logits) against target columns, computed a block
+    of rows at a time: the B x n x m logits are never held whole, in the forward nor in the backward
+    (which recomputes each block's logits, a small product, instead of storing them). Same
+    arithmetic as `F.cross_entropy(torch.bmm(q, k.mT).float(), target)` with the product in
+    `dtype` (bf16 under autocast): logits rounded to `dtype`, softmax and sums in float32, the
+    logits' gradient rounded to `dtype` for the two backward products."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, target: Tensor, dtype: torch.dtype, block: int) -> Tensor:  # noqa: ANN001
+        b, n, _ = q.shape
+        qc, kc = q.to(dtype), k.to(dtype)
+        kt = kc.transpose(1, 2)
+        lse = q.new_empty((b, n), dtype=torch.float32)
+        picked = q.new_empty((b, n), dtype=torch.float32)
+        with torch.autocast(q.device.type, enabled=False):
+            for i in range(0, n, block):
+                logits = torch.bmm(qc[:, i : i + block], kt).float()  # B x c x m
+                lse[:, i : i + block] = torch.logsumexp(logits, dim=2)
+                picked[:, i : i + block] = logits.gather(2, target[:, i : i + block, None]).squeeze(2)
+        ctx.save_for_backward(qc, kc, target, lse)
+        ctx.meta = (q.dtype, k.dtype, block)
+        return (lse - picked).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        qc, kc, target, lse = ctx.saved_tensors
+        q_dtype, k_dtype, block = ctx.meta
+        b, n, _ = qc.shape
+        scale = grad.float() / (b * n)
+        grad_q = torch.empty_like(qc)
+        grad_k = torch.zeros(kc.shape, dtype=torch.float32, device=kc.device)
+        kt = kc.transpose(1, 2)
+        with torch.autocast(qc.device.type, enabled=False):
+            for i in range(0, n, block):
+                rows = qc[:, i : i + block]
+                p = torch.exp(torch.bmm(rows, kt).float() - lse[:, i : i + block, None])  # softmax, B x c x m
+                p.scatter_add_(2, target[:, i : i + block, None], p.new_full((b, p.shape[1], 1), -1.0))
+                g = (p * scale).to(qc.dtype)  # d loss / d logits
+                grad_q[:, i : i + block] = torch.bmm(g, kc)
+                grad_k += torch.bmm(g.transpose(1, 2), rows).float()
+        return grad_q.to(q_dtype), grad_k.to(k_dtype), None, None, None
+
+
+def info_nce(q: Tensor, k: Tensor, target: Tensor, block: int = 128) -> Tensor:
+    """Mean over the B x n rows of the cross-entropy of softmax(q_i . k_j over j) against
+    target_i. q B x n x D, k B x m x D, target B x n (indices into m) -> scalar. Equal to
+    `F.cross_entropy(torch.bmm(q, k.mT).float().flatten(0, 1), target.flatten())` (the product in
+    the autocast dtype when autocast is on), without materialising the B x n x m logits: on a CPU
+    this loss and its backward were a quarter of a correspondence step (memory-bound passes over
+    them), now a few cache-sized blocks."""
+    dtype = q.dtype
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+    return _InfoNCE.apply(q, k, target, dtype, block)
+
+
 def short_loss(x_t_phi: Tensor, x_next_phi: Tensor, temperature: float) -> Tensor:
     """Eq. 12: per-pixel InfoNCE between X'_t = E(Phi(I_t)) and X_{t+1} = Phi(E(I_{t+1})), both
     B x D x h x w on the same grid: pixel k of X_{t+1} must pick pixel k of X'_t among all l."""
     a, b = _flat(x_next_phi), _flat(x_t_phi)
-    logits = torch.bmm(a / temperature, b.transpose(1, 2))  # B x hw x hw (1/T on the B x hw x D factor: cheaper)
-    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
-    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+    target = torch.arange(a.shape[1], device=a.device).expand(a.shape[0], -1)
+    return info_nce(a / temperature, b, target)  # 1/T on the B x hw x D factor: cheaper
 
 
 def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, temperature: float) -> Tensor:
@@ -33,8 +89,7 @@ def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, tempera
     i_t = _flat(x_t)
     with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):  # float32 argmax, also under autocast
         match = torch.bmm(_flat(x_far_phi_enc), i_t.transpose(1, 2)).argmax(dim=2)  # B x hw
-    logits = torch.bmm(_flat(x_far_enc_phi) / temperature, i_t.transpose(1, 2))
-    return F.cross_entropy(logits.float().flatten(0, 1), match.flatten())
+    return info_nce(_flat(x_far_enc_phi) / temperature, i_t, match)
 
 
 def distill_loss(key: Tensor, target: Tensor) -> Tensor:

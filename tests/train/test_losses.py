@@ -87,3 +87,30 @@ def test_a_few_steps_on_a_fixed_batch_lower_every_loss(tiny) -> None:
     last = {k: float(v.detach()) for k, v in objective(*batch).items()}
     for k in ("short", "long", "seg", "total"):
         assert last[k] < first[k], (k, first[k], last[k])
+
+
+def test_blockwise_info_nce_is_the_cross_entropy_of_the_whole_logits() -> None:
+    """info_nce (logits a block of rows at a time, recomputed in the backward) gives the loss and
+    gradients of F.cross_entropy over the whole B x n x m logits, in float32 and under bf16 autocast."""
+    from mevos.train.losses import info_nce
+
+    g = torch.Generator().manual_seed(3)
+    q0, k0 = torch.randn(2, 70, 16, generator=g), torch.randn(2, 50, 16, generator=g)
+    target = torch.randint(0, 50, (2, 70), generator=g)
+    for autocast in (False, True):
+        results = []
+        for fn in ("whole", "blocks"):
+            q, k = q0.clone().requires_grad_(), k0.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                if fn == "whole":
+                    loss = F.cross_entropy(torch.bmm(q, k.transpose(1, 2)).float().flatten(0, 1), target.flatten())
+                else:
+                    loss = info_nce(q, k, target, block=16)  # 70 rows: 4 full blocks and a partial one
+            loss.backward()
+            results.append((loss.detach(), q.grad, k.grad))
+        (l0, gq0, gk0), (l1, gq1, gk1) = results
+        tol = 1e-2 if autocast else 1e-5  # bf16: the gradient products round differently per block
+        assert torch.allclose(l0, l1, rtol=1e-5, atol=1e-5), (autocast, l0, l1)
+        assert torch.allclose(gq0, gq1, rtol=tol, atol=tol * 1e-2), autocast
+        assert torch.allclose(gk0, gk1, rtol=tol, atol=tol * 1e-2), autocast
+        assert gq1.dtype == q0.dtype and gk1.dtype == k0.dtype

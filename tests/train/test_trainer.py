@@ -125,3 +125,23 @@ def test_video_files_are_training_data(tiny, tmp_path: Path) -> None:
     assert [v.name for v in trainer.data.videos] == ["clip"] and trainer.data.videos[0].num_frames == 8
     trainer.run()
     assert trainer.state.step == 1
+
+
+def test_prefetched_batches_are_the_batches_asked_for(videos: Path, tiny, tmp_path: Path) -> None:
+    """next_batch builds batch b + 1 in the background while step b computes: every batch it
+    returns equals make_batch's, in order, out of order, and after a re-clustering (new masks)."""
+    trainer = Trainer(tiny, [videos], RunOptions(out=tmp_path, progress=False))
+    epoch = tiny.corr_epochs  # joint: batches carry pseudo masks
+    trainer.recluster(epoch)
+
+    def same(a, b) -> bool:  # noqa: ANN001
+        return (torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
+                and all(torch.equal(x, y) for x, y in zip(vars(a[3]).values(), vars(b[3]).values())))
+
+    n = trainer.steps_per_epoch
+    order = [0, 1, 0, *range(n)]  # a repeat and a jump back: the prefetched batch is not the one asked for
+    for b in order:
+        assert same(trainer.next_batch(epoch, b, True), trainer.make_batch(epoch, b, True)), b
+    trainer.next_batch(epoch, 0, True)  # batch 1 now building on the old masks
+    trainer.state.labels = {k: torch.zeros_like(v) for k, v in trainer.state.labels.items()}
+    assert same(trainer.next_batch(epoch, 1, True), trainer.make_batch(epoch, 1, True))
