@@ -137,8 +137,8 @@ def davis_clip(root: Path, sequence: str, frames: int, short_side: int = 240) ->
         raise MevosError(f"DAVIS sequence {sequence} under {root} has fewer than {frames} annotated frames")
     w, h = Image.open(images[0]).size
     size = (round(w * short_side / min(w, h)), round(h * short_side / min(w, h)))
-    rgb = [np.asarray(Image.open(p).convert("RGB").resize(size, Image.BILINEAR)) for p in images]
-    gt = np.stack([np.asarray(Image.fromarray(read_label_png(p)).resize(size, Image.NEAREST)) for p in annotations])
+    rgb = [np.asarray(Image.open(p).convert("RGB").resize(size, Image.Resampling.BILINEAR)) for p in images]
+    gt = np.stack([np.asarray(Image.fromarray(read_label_png(p)).resize(size, Image.Resampling.NEAREST)) for p in annotations])
     gt = np.where(gt == 255, 0, gt).astype(np.uint8)
     return Clip(sequence, rgb, gt)
 
@@ -200,7 +200,7 @@ def stream_sessions(target: str, n: int, frames: Sequence[np.ndarray], first_mas
                     if on_frame is not None:
                         on_frame(k, r.index)
                 sender.join(10)
-                run.moves = list(getattr(s, "log", None).moves) if resume else []
+                run.moves = list(s.log.moves) if resume else []
             except BaseException as exc:  # noqa: BLE001 - recorded, the caller asserts
                 run.error = exc
 

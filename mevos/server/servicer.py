@@ -185,8 +185,9 @@ class TrackingServicer(pb_grpc.TrackingServicer):
                 if session is None:
                     assert item.settings is not None and item.geometry is not None
                     session = Session(sid, self.scheduler.session_backend(), item.settings, self.budget, item.geometry)
-                    resumed = ({"resumed_from": item.settings.resumed_from, "first_index": item.settings.first_index}
-                               if item.settings.resumed_from is not None else {})
+                    resumed: dict[str, Any] = {}
+                    if item.settings.resumed_from is not None:
+                        resumed = {"resumed_from": item.settings.resumed_from, "first_index": item.settings.first_index}
                     log_event(self.log, "session_start", session=sid, peer=peer, tag=item.settings.client_tag,
                               size=f"{item.frame.shape[1]}x{item.frame.shape[0]}",
                               config=item.settings.config.__dict__, **resumed)
