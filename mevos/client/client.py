@@ -63,9 +63,11 @@ class ClientError(MevosError):
 
 def is_movable(err: ClientError, resuming: bool = False) -> bool:
     """Whether a session that failed with `err` should move to another replica: UNAVAILABLE (the
-    replica died, refused because it drains, or ended the session at the end of its grace); while
-    already moving, also a replica at its session limit (the balancer picks another next time)."""
-    if err.code == "UNAVAILABLE":
+    replica died, refused because it drains, or ended the session at the end of its grace), or a
+    CANCELLED the client did not ask for (a server that stops cancels the calls still open: the
+    caller checks that it did not cancel); while already moving, also a replica at its session
+    limit (the balancer picks another next time)."""
+    if err.code in ("UNAVAILABLE", "CANCELLED"):
         return True
     return resuming and err.code == "RESOURCE_EXHAUSTED" and "concurrent sessions" in err.details
 
