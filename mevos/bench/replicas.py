@@ -180,7 +180,7 @@ def stream_sessions(target: str, n: int, frames: Sequence[np.ndarray], first_mas
     runs = [SessionRun() for _ in range(n)]
     with TrackingClient(target) as client:
         client.wait_ready(60)
-        time.sleep(0.5)  # round_robin connects to every replica at once; let them all report SERVING
+        time.sleep(1.0)  # round_robin connects to every replica at once; let them all report SERVING
 
         def one(k: int) -> None:
             run = runs[k]

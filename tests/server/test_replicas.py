@@ -85,12 +85,31 @@ def test_kill_9_of_one_of_three_replicas_loses_no_frame(shared_data: Path) -> No
         assert abs(score - undisturbed[0]) <= 0.05, (score, undisturbed[0])
 
 
+def _replica_with_tag(replicas: ReplicaSet, tag: str) -> int | None:
+    for i in range(len(replicas.procs)):
+        for line in replicas.log(i).splitlines():
+            if line.startswith("{") and '"session_start"' in line and json.loads(line).get("tag") == tag:
+                return i
+    return None
+
+
 def test_drain_moves_sessions_with_no_error_also_from_the_cli(tmp_path: Path) -> None:
     video = generate(SyntheticConfig(height=240, width=320, num_frames=48, num_objects=2, seed=5))
     frames_dir = write_synthetic(video, tmp_path / "data")
     mask = tmp_path / "data" / "Annotations" / "480p" / video.name / "00000.png"
     out = tmp_path / "out"
     with ReplicaSet(2, grace=120, cwd=REPO) as replicas:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "mevos", "stream", str(frames_dir), "--mask", str(mask), "--server", replicas.target,
+             "--resume", "--out", str(out), "--overlay", "none", "--window", "1", "--top-k", "10", "--mem-frames", "4"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+        deadline = time.monotonic() + 120
+        drained = None
+        while drained is None and cli.poll() is None and time.monotonic() < deadline:
+            drained = _replica_with_tag(replicas, f"stream {video.name}")
+            time.sleep(0.05)
+        assert drained is not None, cli.communicate(timeout=60)
+        # two more sessions from Python (round_robin: one per replica), then drain the CLI's replica
         started = threading.Event()
         answered = [0, 0]
 
@@ -104,29 +123,19 @@ def test_drain_moves_sessions_with_no_error_also_from_the_cli(tmp_path: Path) ->
             replicas.target, 2, video.frames, video.labels[0], SETTINGS, resume=True, window=1, on_frame=on_frame)))
         python_sessions.start()
         assert started.wait(300)
-        cli = subprocess.Popen(
-            [sys.executable, "-m", "mevos", "stream", str(frames_dir), "--mask", str(mask), "--server", replicas.target,
-             "--resume", "--out", str(out), "--overlay", "none", "--window", "1", "--top-k", "10", "--mem-frames", "4"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and cli.poll() is None:
-            active = replicas.active_sessions()
-            if sum(n or 0 for n in active) == 3:  # the CLI's session is open: drain the replica holding it
-                break
-            time.sleep(0.1)
         assert cli.poll() is None, "the CLI finished before the drain could start"
-        busiest = int(np.argmax([n or 0 for n in active]))
-        replicas.term(busiest)
+        replicas.term(drained)
         cli_out, cli_err = cli.communicate(timeout=300)
         python_sessions.join(300)
-        assert replicas.procs[busiest].wait(120) == 0
-        drained_log = replicas.log(busiest)
+        assert replicas.procs[drained].wait(120) == 0
+        drained_log = replicas.log(drained)
+        on_drained = _sessions_of(replicas, drained)
     assert cli.returncode == 0, cli_err[-3000:]
-    assert "48 frames" in cli_out and "moved" in cli_out, cli_out
+    assert "48 frames" in cli_out and "the session moved" in cli_out, cli_out
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(48)]
     assert read_label_png(out / "00047.png").shape == (240, 320)
     assert len(runs) == 2
     for run in runs:
         _in_order(run, 48)
-    assert sum(r.moved for r in runs) == 1  # the Python session on the drained replica moved, the other did not
-    assert '"grace_ended"' not in drained_log  # every session left before the grace ended
+        assert run.moved == (run.session_ids[0] in on_drained)  # those on the drained replica moved, only those
+    assert '"grace_ended"' not in drained_log  # every session left well before the grace ended
