@@ -176,6 +176,7 @@ def stream_sessions(target: str, n: int, frames: Sequence[np.ndarray], first_mas
     """n concurrent sessions over one balanced channel, each streaming `frames` (JPEG in,
     run-length out); returns what each received. on_frame(session, index) after every answer."""
     from mevos.client import TrackingClient
+    from mevos.client.resume import ResumableSession
 
     runs = [SessionRun() for _ in range(n)]
     with TrackingClient(target) as client:
@@ -200,7 +201,7 @@ def stream_sessions(target: str, n: int, frames: Sequence[np.ndarray], first_mas
                     if on_frame is not None:
                         on_frame(k, r.index)
                 sender.join(10)
-                run.moves = list(s.log.moves) if resume else []
+                run.moves = list(s.log.moves) if isinstance(s, ResumableSession) else []
             except BaseException as exc:  # noqa: BLE001 - recorded, the caller asserts
                 run.error = exc
 

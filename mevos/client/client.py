@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -40,6 +40,9 @@ import grpc  # noqa: E402
 
 from mevos.proto.mevos.v1 import tracking_pb2 as pb  # noqa: E402
 from mevos.proto.mevos.v1 import tracking_pb2_grpc as pb_grpc  # noqa: E402
+
+if TYPE_CHECKING:
+    from mevos.client.resume import ResumableSession
 
 #: SessionSettings fields a client may set (unset: the server's defaults)
 SETTING_FIELDS = ("top_k", "temperature", "mem_frames", "refine_rounds", "radius", "short_side")
@@ -314,11 +317,14 @@ class TrackingClient:
 
     def session(self, settings: Mapping[str, Any] | pb.SessionSettings | None = None, encoding: str = "png",
                 image_format: str = "jpeg", jpeg_quality: int = 90, window: int = 4, timeout: float | None = None,
-                client_tag: str = "", resume: bool = False, resume_timeout: float = 30.0) -> Any:
+                client_tag: str = "", resume: bool = False,
+                resume_timeout: float = 30.0) -> StreamSession | ResumableSession:
         """Open a Track stream (nothing is sent until the first send): a StreamSession, or with
         resume=True a ResumableSession (same interface) that moves to another replica when its
         server fails (UNAVAILABLE) or drains, trying for at most resume_timeout seconds per move."""
         s = make_settings(settings, encoding, client_tag)
+        if resume_timeout <= 0:
+            raise MevosError(f"resume_timeout must be > 0 seconds, got {resume_timeout:g}")
         if resume:
             from mevos.client.resume import ResumableSession
 
