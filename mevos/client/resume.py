@@ -190,14 +190,15 @@ class ResumableSession:
             if isinstance(self._failed, ClientError) and self._failed.code == "CANCELLED":
                 raise self._failed
             stream = self._stream
-            why: str | None = None
+            why: ClientError | None = None  # why the session must move
             try:
                 r = next(stream.call)
             except StopIteration:
                 with self._lock:
                     if not self._pending and self._closed:
                         raise
-                why = "drain" if stream.half_closed else "ended early"
+                why = ClientError("UNAVAILABLE", "the server is draining" if stream.half_closed
+                                  else "the stream ended with frames unanswered")
             except Exception as exc:  # grpc.RpcError
                 err = ClientError.from_rpc(exc)
                 if err.code == "CANCELLED" and self._failed is not None:
@@ -205,19 +206,19 @@ class ResumableSession:
                 if not is_movable(err, resuming=trying_since is not None):
                     self._failed = err
                     raise err from None
-                why = f"{err.code}: {err.details}"
-                if trying_since is not None and time.monotonic() - trying_since > self._resume_timeout:
-                    self._failed = ClientError(err.code, f"{err.details} (no server took the session in "
-                                                         f"{self._resume_timeout:g} s of trying to move it)")
-                    raise self._failed from None
+                why = err
             if why is not None:
+                if trying_since is not None and time.monotonic() - trying_since > self._resume_timeout:
+                    self._failed = ClientError(why.code, f"{why.details} (no server took the session in "
+                                                         f"{self._resume_timeout:g} s of trying to move it)")
+                    raise self._failed
                 if trying_since is None:
                     trying_since = time.monotonic()
                 elif attempt:
                     time.sleep(min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (attempt - 1)))
                 attempt += 1
                 try:
-                    self._reopen(why)
+                    self._reopen(str(why))
                 except ClientError as exc:
                     self._failed = exc
                     raise
@@ -246,7 +247,8 @@ class ResumableSession:
         return result
 
     def _reopen(self, why: str) -> None:
-        """A new stream on whichever replica the balancer picks: re-seed, then every unanswered frame."""
+        """A new stream on whichever replica the balancer picks: re-seed, then every unanswered
+        frame. why: "CODE: details" of what ended the old one, for the move log."""
         with self._lock:
             old = self._stream
             old.call.cancel()
