@@ -1,5 +1,6 @@
-"""Issue 14 on in-process servers (cheap): the resume marker on the wire, the draining flag, a
-resumable session moving between two replicas on a drain, and the errors a move can end with."""
+"""Issue 14 on in-process servers (cheap): round_robin with health checks skips a NOT_SERVING
+replica, the resume marker on the wire, a resumable session moving between two replicas on a
+drain, and the errors a move can end with."""
 
 from __future__ import annotations
 
@@ -14,6 +15,40 @@ from mevos.proto import codec
 from mevos.proto.mevos.v1 import tracking_pb2 as pb
 
 from .conftest import SETTINGS, TRACKER, Served, reference, start
+
+
+def test_round_robin_spreads_sessions_and_skips_a_not_serving_replica(backend, video) -> None:  # noqa: ANN001
+    from grpc_health.v1 import health_pb2
+
+    replicas = [start(backend) for _ in range(3)]
+    try:
+        target = ",".join(f"127.0.0.1:{r.port}" for r in replicas)
+
+        def open_sessions(client: TrackingClient, n: int) -> list[int]:
+            sessions = [client.session(settings=SETTINGS, image_format="raw") for _ in range(n)]
+            for s in sessions:
+                s.send(video.frames[0], masks=video.labels[0])
+                s.receive()
+            counts = [r.server.active_sessions for r in replicas]
+            for s in sessions:
+                s.close_send()
+                assert list(s) == []
+            deadline = time.monotonic() + 5
+            while any(r.server.active_sessions for r in replicas) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return counts
+
+        with TrackingClient(target) as client:
+            client.wait_ready()
+            time.sleep(0.5)
+            assert open_sessions(client, 3) == [1, 1, 1]
+            # Only the health status changes: the replica would still take sessions if asked.
+            replicas[1].server.health.set("mevos.v1.Tracking", health_pb2.HealthCheckResponse.NOT_SERVING)
+            time.sleep(0.5)
+            assert open_sessions(client, 4) == [2, 0, 2]
+    finally:
+        for r in replicas:
+            r.server.stop(0)
 
 
 def _first(video, resume: pb.Resume | None = None) -> pb.TrackRequest:  # noqa: ANN001
