@@ -454,7 +454,9 @@ class TrackResponse(_message.Message):
     RESUMED_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     frame_index: _builtins.int
-    """0-based position of the frame in the stream (the n-th request gets frame_index n - 1)."""
+    """0-based position of the frame in the stream (the n-th request gets frame_index n - 1), counted
+    from SessionSettings.resume.frame_index in a resumed session.
+    """
     session_id: _builtins.str
     """Server-assigned id of the session (in every response; also in the server's logs)."""
     client_frame_id: _builtins.int
