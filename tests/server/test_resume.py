@@ -153,3 +153,38 @@ def test_errors_other_than_unavailable_are_not_retried(served: Served, video) ->
         with pytest.raises(ClientError) as err:
             s.receive()
     assert err.value.code == "NOT_FOUND" and s.moves == 0
+
+
+def test_clients_built_from_the_old_proto_still_work(served: Served, video) -> None:  # noqa: ANN001
+    """A client generated from the proto before issue 14 (no resume, resumed, draining) talks to
+    this server: its requests parse, and it parses the responses (new fields are unknown to it)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    old = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(old)
+    old.name = "old/mevos/v1/tracking.proto"
+    old.package = "old.mevos.v1"
+    messages = {m.name: m for m in old.message_type}
+    for name, fields in (("TrackResponse", ("resumed", "draining")), ("SessionSettings", ("resume",))):
+        kept = [f for f in messages[name].field if f.name not in fields]
+        del messages[name].field[:]
+        messages[name].field.extend(kept)
+    old.message_type.remove(messages["Resume"])
+    del old.service[:]  # only the messages matter here
+    for m in old.message_type:
+        for f in m.field:
+            if f.type_name:
+                f.type_name = f.type_name.replace(".mevos.v1.", ".old.mevos.v1.")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(old)
+    OldRequest = message_factory.GetMessageClass(pool.FindMessageTypeByName("old.mevos.v1.TrackRequest"))
+    OldResponse = message_factory.GetMessageClass(pool.FindMessageTypeByName("old.mevos.v1.TrackResponse"))
+    request = OldRequest.FromString(_first(video).SerializeToString())
+    with served.client() as client:
+        track = client.channel.stream_stream("/mevos.v1.Tracking/Track", request_serializer=OldRequest.SerializeToString,
+                                             response_deserializer=OldResponse.FromString)
+        answers = list(track(iter([request])))
+    assert len(answers) == 1 and answers[0].frame_index == 0
+    labels = codec.decode_label_map(pb.LabelMap.FromString(answers[0].labels.SerializeToString()))
+    np.testing.assert_array_equal(labels, video.labels[0])
+    assert not hasattr(answers[0], "resumed")
