@@ -26,6 +26,22 @@ def value(name: str) -> str | None:
     return v or None
 
 
+def load_token(token_file: str | None) -> str | None:
+    """The bearer token from `token_file` (whitespace stripped), else $MEVOS_TOKEN, else None (no
+    auth). Shared by `mevos serve` and the client, neither of which the other imports."""
+    from mevos.errors import InputError
+
+    if token_file:
+        p = Path(token_file)
+        if not p.is_file():
+            raise InputError(f"token file {p} does not exist")
+        token = p.read_text().strip()
+        if not token:
+            raise InputError(f"token file {p} is empty")
+        return token
+    return value("MEVOS_TOKEN")
+
+
 def cache_dir() -> Path:
     """The cache root: $MEVOS_CACHE_DIR, else $XDG_CACHE_HOME/mevos, else ~/.cache/mevos."""
     v = value("MEVOS_CACHE_DIR")

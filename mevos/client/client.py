@@ -4,6 +4,11 @@
         for result in client.track(frames, first_mask, settings={"top_k": 10}):
             result.labels                        # H x W uint8 object ids
 
+    # many replicas, balanced by gRPC (round_robin + health checks); sessions move on failure/drain:
+    with TrackingClient("10.0.0.1:50051,10.0.0.2:50051") as client:   # or "dns:///mevos:50051"
+        for result in client.track(frames, first_mask, resume=True):
+            result.resumed                       # True after the session moved to another replica
+
     # or interactively, adding / correcting / removing objects mid-stream:
     with client.session(settings={"mem_frames": 10}) as s:
         s.send(frame0, masks=labels0)
@@ -23,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -35,6 +40,9 @@ import grpc  # noqa: E402
 
 from mevos.proto.mevos.v1 import tracking_pb2 as pb  # noqa: E402
 from mevos.proto.mevos.v1 import tracking_pb2_grpc as pb_grpc  # noqa: E402
+
+if TYPE_CHECKING:
+    from mevos.client.resume import ResumableSession
 
 #: SessionSettings fields a client may set (unset: the server's defaults)
 SETTING_FIELDS = ("top_k", "temperature", "mem_frames", "refine_rounds", "radius", "short_side")
@@ -50,17 +58,30 @@ class ClientError(MevosError):
         self.details = details
 
     @classmethod
-    def from_rpc(cls, exc: grpc.RpcError) -> ClientError:
+    def from_rpc(cls, exc: BaseException) -> ClientError:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         return cls(code.name if code is not None else "UNKNOWN", details or "")
+
+
+def is_movable(err: ClientError, resuming: bool = False) -> bool:
+    """Whether a session that failed with `err` should move to another replica: UNAVAILABLE (the
+    replica died, refused because it drains, or ended the session at the end of its grace), or a
+    CANCELLED the client did not ask for (a server that stops cancels the calls still open: the
+    caller checks that it did not cancel); while already moving, also a replica at its session
+    limit (the balancer picks another next time)."""
+    if err.code in ("UNAVAILABLE", "CANCELLED"):
+        return True
+    return resuming and err.code == "RESOURCE_EXHAUSTED" and "concurrent sessions" in err.details
 
 
 @dataclass
 class TrackResult:
     """One frame's answer. labels: H x W uint8 ids; objects: id -> (score, area);
     timings: server-side milliseconds by stage; latency_s: client send -> receive;
-    client_frame_id: the id the request carried, echoed (None when it had none)."""
+    client_frame_id: the id the request carried, echoed (None when it had none);
+    resumed: the frame was tracked after the session moved to another replica (re-seeded from the
+    last label map, not the original first mask); moves: how often the session had moved by then."""
 
     index: int
     labels: np.ndarray
@@ -69,6 +90,8 @@ class TrackResult:
     session_id: str
     latency_s: float | None = None
     client_frame_id: int | None = None
+    resumed: bool = False
+    moves: int = 0
 
     @classmethod
     def from_proto(cls, r: pb.TrackResponse, latency_s: float | None = None) -> TrackResult:
@@ -82,6 +105,7 @@ class TrackResult:
             session_id=r.session_id,
             latency_s=latency_s,
             client_frame_id=r.client_frame_id if r.HasField("client_frame_id") else None,
+            resumed=r.resumed,
         )
 
 
@@ -184,6 +208,10 @@ class StreamSession:
         """Abandon the stream (the server frees the session)."""
         self._call.cancel()
 
+    def ended(self) -> bool:
+        """True once the stream is over (receive() then says how)."""
+        return bool(self._call.done())
+
     def __enter__(self) -> StreamSession:
         return self
 
@@ -218,31 +246,43 @@ def is_local_target(target: str) -> bool:
 
 
 class TrackingClient:
-    """A channel to a mevos server. token: bearer token (None: $MEVOS_TOKEN if set); tls: use TLS
-    (root_certificates: PEM bytes of the CA, None = system roots). A token is never sent over a
-    plaintext channel to another machine (anyone on the path could read it) unless
-    allow_plaintext_token=True says that this network is trusted."""
+    """A channel to one mevos server or to many replicas. target: `host:port`, a comma list
+    `host:port,host:port,...` of replicas, or a gRPC URI (`dns:///name:port`, `ipv4:...`); a list
+    or a dns: name is balanced by gRPC's round_robin with client-side health checks, so replicas
+    that are down or draining get no new sessions (balance=True/False forces the choice).
+    token: bearer token (None: $MEVOS_TOKEN if set); tls: use TLS (root_certificates: PEM bytes
+    of the CA, None = system roots). A token is never sent over a plaintext channel to another
+    machine (anyone on the path could read it) unless allow_plaintext_token=True says that this
+    network is trusted."""
 
     def __init__(self, target: str, token: str | None = None, tls: bool = False,
                  root_certificates: bytes | None = None, options: Iterable[tuple[str, Any]] = (),
-                 allow_plaintext_token: bool = False) -> None:
+                 allow_plaintext_token: bool = False, balance: bool | None = None) -> None:
         from mevos import env
+        from mevos.client.targets import parse_target
 
         self.target = target
+        self.targets = parse_target(target, balance)
         source = "token" if token is not None else "$MEVOS_TOKEN"
         token = token if token is not None else env.value("MEVOS_TOKEN")
         secure = tls or root_certificates is not None
-        if token and not secure and not allow_plaintext_token and not is_local_target(target):
+        local = all(is_local_target(a) for a in self.targets.addresses or (self.targets.uri,))
+        if token and not secure and not allow_plaintext_token and not local:
             raise MevosError(f"refusing to send the bearer token ({source}) to {target} over a plaintext channel; "
                              "use TLS (tls=True or root_certificates=...; `mevos stream --tls/--tls-ca`), or pass "
                              "allow_plaintext_token=True on a trusted network")
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
-        opts = [("grpc.max_receive_message_length", -1), *options]
+        opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1)]
+        if self.targets.service_config is not None:
+            # ours, not one a DNS TXT record might carry
+            opts += [("grpc.service_config", self.targets.service_config), ("grpc.service_config_disable_resolution", 1)]
+        opts += list(options)
+        uri = self.targets.uri
         if secure:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self.channel = grpc.secure_channel(target, creds, options=opts)
+            self.channel = grpc.secure_channel(uri, creds, options=opts)
         else:
-            self.channel = grpc.insecure_channel(target, options=opts)
+            self.channel = grpc.insecure_channel(uri, options=opts)
         self.stub = pb_grpc.TrackingStub(self.channel)
 
     def server_info(self, timeout: float | None = 10.0) -> pb.ServerInfo:
@@ -277,15 +317,26 @@ class TrackingClient:
 
     def session(self, settings: Mapping[str, Any] | pb.SessionSettings | None = None, encoding: str = "png",
                 image_format: str = "jpeg", jpeg_quality: int = 90, window: int = 4, timeout: float | None = None,
-                client_tag: str = "") -> StreamSession:
-        """Open a Track stream (nothing is sent until the first send)."""
-        return StreamSession(self.stub, make_settings(settings, encoding, client_tag), image_format, jpeg_quality,
-                             window, self._metadata, timeout)
+                client_tag: str = "", resume: bool = False,
+                resume_timeout: float = 30.0) -> StreamSession | ResumableSession:
+        """Open a Track stream (nothing is sent until the first send): a StreamSession, or with
+        resume=True a ResumableSession (same interface) that moves to another replica when its
+        server fails (UNAVAILABLE) or drains, trying for at most resume_timeout seconds per move."""
+        s = make_settings(settings, encoding, client_tag)
+        if resume_timeout <= 0:
+            raise MevosError(f"resume_timeout must be > 0 seconds, got {resume_timeout:g}")
+        if resume:
+            from mevos.client.resume import ResumableSession
+
+            return ResumableSession(self.stub, s, image_format, jpeg_quality, window, self._metadata, timeout,
+                                    resume_timeout)
+        return StreamSession(self.stub, s, image_format, jpeg_quality, window, self._metadata, timeout)
 
     def track(self, frames: Iterable[np.ndarray], first_mask: np.ndarray,
               settings: Mapping[str, Any] | pb.SessionSettings | None = None, **session_kw: Any) -> Iterator[TrackResult]:
         """Stream `frames` (read lazily, on a sender thread) and yield the answers as they arrive.
-        first_mask: H x W ids of the objects on the first frame."""
+        first_mask: H x W ids of the objects on the first frame. session_kw: as session(), e.g.
+        resume=True to survive a replica's failure or drain."""
         s = self.session(settings, **session_kw)
         failure: list[BaseException] = []
 
@@ -293,7 +344,7 @@ class TrackingClient:
             try:
                 for i, frame in enumerate(frames):
                     s.send(frame, masks=first_mask if i == 0 else None)
-                    if s._call.done():
+                    if s.ended():
                         break
             except BaseException as exc:  # noqa: BLE001 - re-raised on the receiving thread
                 failure.append(exc)

@@ -246,8 +246,9 @@ class MevosServer:
             return
         self._stopped.set()
         grace = 0.0 if grace is None else max(0.0, grace)
-        self.servicer.draining.set()
+        # Health first: balancing clients stop picking this server before its sessions are told to move.
         self.health.enter_graceful_shutdown()
+        self.servicer.draining.set()
         log_event(LOGGER, "draining", sessions=self.active_sessions, grace_s=grace)
         self._wait_sessions(grace)
         if self.active_sessions:

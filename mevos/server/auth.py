@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from mevos import env
-from mevos.errors import InputError
+from mevos.env import load_token  # noqa: F401 - where the server's callers have always found it
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-def load_token(token_file: str | None) -> str | None:
-    """The token from `token_file` (whitespace stripped), else $MEVOS_TOKEN, else None (no auth)."""
-    if token_file:
-        p = Path(token_file)
-        if not p.is_file():
-            raise InputError(f"token file {p} does not exist")
-        token = p.read_text().strip()
-        if not token:
-            raise InputError(f"token file {p} is empty")
-        return token
-    return env.value("MEVOS_TOKEN")
 
 
 def _aborting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

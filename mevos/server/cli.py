@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from mevos.runtime.weights import describe_weights
     from mevos.server import logs
     from mevos.server.app import ServerConfig, create_server, preflight
-    from mevos.server.auth import load_token
+    from mevos.env import load_token
     from mevos.server.limits import Limits
 
     logs.configure(args.log_format)

@@ -185,9 +185,12 @@ class TrackingServicer(pb_grpc.TrackingServicer):
                 if session is None:
                     assert item.settings is not None and item.geometry is not None
                     session = Session(sid, self.scheduler.session_backend(), item.settings, self.budget, item.geometry)
+                    resumed: dict[str, Any] = {}
+                    if item.settings.resumed_from is not None:
+                        resumed = {"resumed_from": item.settings.resumed_from, "first_index": item.settings.first_index}
                     log_event(self.log, "session_start", session=sid, peer=peer, tag=item.settings.client_tag,
                               size=f"{item.frame.shape[1]}x{item.frame.shape[0]}",
-                              config=item.settings.config.__dict__)
+                              config=item.settings.config.__dict__, **resumed)
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     raise RequestError("DEADLINE_EXCEEDED", "the call's deadline passed")
@@ -196,6 +199,8 @@ class TrackingServicer(pb_grpc.TrackingServicer):
                 self.metrics.observe_frame({"decode": t.decode_ms, "queue": t.queue_ms, "track": t.track_ms,
                                             "batch_wait": t.batch_wait_ms, "encode": t.encode_ms,
                                             "total": t.total_ms})
+                if self.draining.is_set():  # tell the client to move the session (it may, or ride out the grace)
+                    response.draining = True
                 frames += 1
                 run.sending()
                 yield response

@@ -24,6 +24,9 @@ from mevos.server.scheduler import SessionBackend
 
 #: ids quoted in an error message at most (a request can list a million)
 MAX_QUOTED_IDS = 10
+#: longest Resume.session_id, and largest Resume.frame_index (frame indices stay exact as doubles)
+MAX_RESUME_ID = 64
+MAX_RESUME_INDEX = 2**53
 
 
 def quote_ids(ids: list[int] | tuple[int, ...]) -> str:
@@ -48,6 +51,8 @@ class SessionSettings:
     config: TrackerConfig
     encoding: int  # MaskEncoding of the responses
     client_tag: str
+    resumed_from: str | None = None  # the moved session's id (SessionSettings.resume), None: a new session
+    first_index: int = 0  # frame_index of the stream's first frame (the resume's, else 0)
 
 
 @dataclass
@@ -67,6 +72,18 @@ class FrameJob:
 
 def _invalid(msg: str) -> RequestError:
     return RequestError("INVALID_ARGUMENT", msg)
+
+
+def _resume(s: pb.SessionSettings) -> tuple[str | None, int]:
+    """(resumed_from, first_index) of SessionSettings.resume, range-checked."""
+    if not s.HasField("resume"):
+        return None, 0
+    r = s.resume
+    if len(r.session_id) > MAX_RESUME_ID:
+        raise _invalid(f"settings: resume.session_id is longer than {MAX_RESUME_ID} characters")
+    if r.frame_index > MAX_RESUME_INDEX:
+        raise _invalid(f"settings: resume.frame_index {r.frame_index} is above 2^53")
+    return r.session_id, int(r.frame_index)
 
 
 class RequestReader:
@@ -99,7 +116,8 @@ class RequestReader:
                                "with its masks)")
             s = req.settings
             enc = s.mask_encoding or pb.MASK_ENCODING_PNG
-            settings = SessionSettings(settings_to_config(s, lim, self.defaults), enc, s.client_tag)
+            settings = SessionSettings(settings_to_config(s, lim, self.defaults), enc, s.client_tag,
+                                       *_resume(s))
         elif req.HasField("settings"):
             raise _invalid(f"frame {i}: settings are allowed only in the first message of a stream")
         if not req.HasField("frame"):
@@ -200,8 +218,9 @@ class Session:
             total_ms=(t2 - job.received) * ms,
         )
         self.frames += 1
-        response = pb.TrackResponse(frame_index=job.index, labels=label_map, objects=objects, timings=timings,
-                                    session_id=self.session_id)
+        response = pb.TrackResponse(frame_index=self.settings.first_index + job.index, labels=label_map,
+                                    objects=objects, timings=timings, session_id=self.session_id,
+                                    resumed=self.settings.resumed_from is not None)
         if job.client_frame_id is not None:
             response.client_frame_id = job.client_frame_id
         return response

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mevos/v1/tracking.proto\x12\x08mevos.v1\"[\n\x05Image\x12%\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x15.mevos.v1.ImageFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"a\n\x08LabelMap\x12(\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x16.mevos.v1.MaskEncoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\xba\x02\n\x0fSessionSettings\x12\x12\n\x05top_k\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmem_frames\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1a\n\rrefine_rounds\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x13\n\x06radius\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x17\n\nshort_side\x18\x06 \x01(\rH\x05\x88\x01\x01\x12-\n\rmask_encoding\x18\x07 \x01(\x0e\x32\x16.mevos.v1.MaskEncoding\x12\x12\n\nclient_tag\x18\x08 \x01(\tB\x08\n\x06_top_kB\x0e\n\x0c_temperatureB\r\n\x0b_mem_framesB\x10\n\x0e_refine_roundsB\t\n\x07_radiusB\r\n\x0b_short_side\"\xcb\x01\n\x0cTrackRequest\x12+\n\x08settings\x18\x01 \x01(\x0b\x32\x19.mevos.v1.SessionSettings\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.mevos.v1.Image\x12!\n\x05masks\x18\x03 \x01(\x0b\x32\x12.mevos.v1.LabelMap\x12\x19\n\x11remove_object_ids\x18\x04 \x03(\r\x12\x1c\n\x0f\x63lient_frame_id\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_client_frame_id\">\n\x0cObjectResult\x12\x11\n\tobject_id\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x03 \x01(\r\"|\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x02\x12\x10\n\x08queue_ms\x18\x02 \x01(\x02\x12\x10\n\x08track_ms\x18\x03 \x01(\x02\x12\x15\n\rbatch_wait_ms\x18\x04 \x01(\x02\x12\x11\n\tencode_ms\x18\x05 \x01(\x02\x12\x10\n\x08total_ms\x18\x06 \x01(\x02\"\xdb\x01\n\rTrackResponse\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12\"\n\x06labels\x18\x02 \x01(\x0b\x32\x12.mevos.v1.LabelMap\x12\'\n\x07objects\x18\x03 \x03(\x0b\x32\x16.mevos.v1.ObjectResult\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.mevos.v1.Timings\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x1c\n\x0f\x63lient_frame_id\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_client_frame_id\"\x16\n\x14GetServerInfoRequest\"\x90\x02\n\x06Limits\x12\x14\n\x0cmax_sessions\x18\x01 \x01(\r\x12\x16\n\x0emax_frame_side\x18\x02 \x01(\r\x12\x13\n\x0bmax_objects\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x16\n\x0eidle_timeout_s\x18\x05 \x01(\x02\x12\x11\n\tmax_top_k\x18\x06 \x01(\r\x12\x16\n\x0emax_mem_frames\x18\x07 \x01(\r\x12\x19\n\x11max_refine_rounds\x18\x08 \x01(\r\x12\x11\n\tmax_batch\x18\t \x01(\r\x12\x15\n\rbatch_wait_ms\x18\n \x01(\x02\x12 \n\x18max_session_memory_bytes\x18\x0b \x01(\x04\"\xdc\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12 \n\x06limits\x18\x06 \x01(\x0b\x32\x10.mevos.v1.Limits\x12+\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x19.mevos.v1.SessionSettings\x12\x17\n\x0f\x61\x63tive_sessions\x18\x08 \x01(\r\x12\x15\n\rauth_required\x18\t \x01(\x08*r\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x18\n\x14IMAGE_FORMAT_RAW_RGB\x10\x03*r\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x15\n\x11MASK_ENCODING_PNG\x10\x01\x12\x15\n\x11MASK_ENCODING_RLE\x10\x02\x12\x15\n\x11MASK_ENCODING_RAW\x10\x03\x32\x8f\x01\n\x08Tracking\x12<\n\x05Track\x12\x16.mevos.v1.TrackRequest\x1a\x17.mevos.v1.TrackResponse(\x01\x30\x01\x12\x45\n\rGetServerInfo\x12\x1e.mevos.v1.GetServerInfoRequest\x1a\x14.mevos.v1.ServerInfoB\"\n\x0c\x64\x65v.mevos.v1P\x01Z\x10mevos/v1;mevosv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mevos/v1/tracking.proto\x12\x08mevos.v1\"[\n\x05Image\x12%\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x15.mevos.v1.ImageFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"a\n\x08LabelMap\x12(\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x16.mevos.v1.MaskEncoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\xdc\x02\n\x0fSessionSettings\x12\x12\n\x05top_k\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmem_frames\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1a\n\rrefine_rounds\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x13\n\x06radius\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x17\n\nshort_side\x18\x06 \x01(\rH\x05\x88\x01\x01\x12-\n\rmask_encoding\x18\x07 \x01(\x0e\x32\x16.mevos.v1.MaskEncoding\x12\x12\n\nclient_tag\x18\x08 \x01(\t\x12 \n\x06resume\x18\t \x01(\x0b\x32\x10.mevos.v1.ResumeB\x08\n\x06_top_kB\x0e\n\x0c_temperatureB\r\n\x0b_mem_framesB\x10\n\x0e_refine_roundsB\t\n\x07_radiusB\r\n\x0b_short_side\"1\n\x06Resume\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x04\"\xcb\x01\n\x0cTrackRequest\x12+\n\x08settings\x18\x01 \x01(\x0b\x32\x19.mevos.v1.SessionSettings\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.mevos.v1.Image\x12!\n\x05masks\x18\x03 \x01(\x0b\x32\x12.mevos.v1.LabelMap\x12\x19\n\x11remove_object_ids\x18\x04 \x03(\r\x12\x1c\n\x0f\x63lient_frame_id\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_client_frame_id\">\n\x0cObjectResult\x12\x11\n\tobject_id\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x03 \x01(\r\"|\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x02\x12\x10\n\x08queue_ms\x18\x02 \x01(\x02\x12\x10\n\x08track_ms\x18\x03 \x01(\x02\x12\x15\n\rbatch_wait_ms\x18\x04 \x01(\x02\x12\x11\n\tencode_ms\x18\x05 \x01(\x02\x12\x10\n\x08total_ms\x18\x06 \x01(\x02\"\xfe\x01\n\rTrackResponse\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12\"\n\x06labels\x18\x02 \x01(\x0b\x32\x12.mevos.v1.LabelMap\x12\'\n\x07objects\x18\x03 \x03(\x0b\x32\x16.mevos.v1.ObjectResult\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.mevos.v1.Timings\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x1c\n\x0f\x63lient_frame_id\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07resumed\x18\x07 \x01(\x08\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x42\x12\n\x10_client_frame_id\"\x16\n\x14GetServerInfoRequest\"\x90\x02\n\x06Limits\x12\x14\n\x0cmax_sessions\x18\x01 \x01(\r\x12\x16\n\x0emax_frame_side\x18\x02 \x01(\r\x12\x13\n\x0bmax_objects\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x16\n\x0eidle_timeout_s\x18\x05 \x01(\x02\x12\x11\n\tmax_top_k\x18\x06 \x01(\r\x12\x16\n\x0emax_mem_frames\x18\x07 \x01(\r\x12\x19\n\x11max_refine_rounds\x18\x08 \x01(\r\x12\x11\n\tmax_batch\x18\t \x01(\r\x12\x15\n\rbatch_wait_ms\x18\n \x01(\x02\x12 \n\x18max_session_memory_bytes\x18\x0b \x01(\x04\"\xdc\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12 \n\x06limits\x18\x06 \x01(\x0b\x32\x10.mevos.v1.Limits\x12+\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x19.mevos.v1.SessionSettings\x12\x17\n\x0f\x61\x63tive_sessions\x18\x08 \x01(\r\x12\x15\n\rauth_required\x18\t \x01(\x08*r\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x18\n\x14IMAGE_FORMAT_RAW_RGB\x10\x03*r\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x15\n\x11MASK_ENCODING_PNG\x10\x01\x12\x15\n\x11MASK_ENCODING_RLE\x10\x02\x12\x15\n\x11MASK_ENCODING_RAW\x10\x03\x32\x8f\x01\n\x08Tracking\x12<\n\x05Track\x12\x16.mevos.v1.TrackRequest\x1a\x17.mevos.v1.TrackResponse(\x01\x30\x01\x12\x45\n\rGetServerInfo\x12\x1e.mevos.v1.GetServerInfoRequest\x1a\x14.mevos.v1.ServerInfoB\"\n\x0c\x64\x65v.mevos.v1P\x01Z\x10mevos/v1;mevosv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,30 +32,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mevos.v1.tracking_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.mevos.v1P\001Z\020mevos/v1;mevosv1'
-  _globals['_IMAGEFORMAT']._serialized_start=1686
-  _globals['_IMAGEFORMAT']._serialized_end=1800
-  _globals['_MASKENCODING']._serialized_start=1802
-  _globals['_MASKENCODING']._serialized_end=1916
+  _globals['_IMAGEFORMAT']._serialized_start=1806
+  _globals['_IMAGEFORMAT']._serialized_end=1920
+  _globals['_MASKENCODING']._serialized_start=1922
+  _globals['_MASKENCODING']._serialized_end=2036
   _globals['_IMAGE']._serialized_start=37
   _globals['_IMAGE']._serialized_end=128
   _globals['_LABELMAP']._serialized_start=130
   _globals['_LABELMAP']._serialized_end=227
   _globals['_SESSIONSETTINGS']._serialized_start=230
-  _globals['_SESSIONSETTINGS']._serialized_end=544
-  _globals['_TRACKREQUEST']._serialized_start=547
-  _globals['_TRACKREQUEST']._serialized_end=750
-  _globals['_OBJECTRESULT']._serialized_start=752
-  _globals['_OBJECTRESULT']._serialized_end=814
-  _globals['_TIMINGS']._serialized_start=816
-  _globals['_TIMINGS']._serialized_end=940
-  _globals['_TRACKRESPONSE']._serialized_start=943
-  _globals['_TRACKRESPONSE']._serialized_end=1162
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1164
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1186
-  _globals['_LIMITS']._serialized_start=1189
-  _globals['_LIMITS']._serialized_end=1461
-  _globals['_SERVERINFO']._serialized_start=1464
-  _globals['_SERVERINFO']._serialized_end=1684
-  _globals['_TRACKING']._serialized_start=1919
-  _globals['_TRACKING']._serialized_end=2062
+  _globals['_SESSIONSETTINGS']._serialized_end=578
+  _globals['_RESUME']._serialized_start=580
+  _globals['_RESUME']._serialized_end=629
+  _globals['_TRACKREQUEST']._serialized_start=632
+  _globals['_TRACKREQUEST']._serialized_end=835
+  _globals['_OBJECTRESULT']._serialized_start=837
+  _globals['_OBJECTRESULT']._serialized_end=899
+  _globals['_TIMINGS']._serialized_start=901
+  _globals['_TIMINGS']._serialized_end=1025
+  _globals['_TRACKRESPONSE']._serialized_start=1028
+  _globals['_TRACKRESPONSE']._serialized_end=1282
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1284
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1306
+  _globals['_LIMITS']._serialized_start=1309
+  _globals['_LIMITS']._serialized_end=1581
+  _globals['_SERVERINFO']._serialized_start=1584
+  _globals['_SERVERINFO']._serialized_end=1804
+  _globals['_TRACKING']._serialized_start=2039
+  _globals['_TRACKING']._serialized_end=2182
 # @@protoc_insertion_point(module_scope)

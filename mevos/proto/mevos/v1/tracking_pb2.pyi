@@ -192,6 +192,7 @@ class SessionSettings(_message.Message):
     SHORT_SIDE_FIELD_NUMBER: _builtins.int
     MASK_ENCODING_FIELD_NUMBER: _builtins.int
     CLIENT_TAG_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
     """Memory matches kept per query pixel (paper: 10). 1..limits.max_top_k."""
     temperature: _builtins.float
@@ -213,6 +214,14 @@ class SessionSettings(_message.Message):
     """Encoding of the label maps in the responses. Unset: MASK_ENCODING_PNG."""
     client_tag: _builtins.str
     """Free text shown in the server's logs for this session (at most 128 characters)."""
+    @_builtins.property
+    def resume(self) -> Global___Resume:
+        """Set by a client that moves a session here from another server (that server failed or is
+        draining). The first message then carries the last frame the client got an answer for, with
+        that answer's label map as its masks (the re-seed); its response only repeats that map. Frame
+        indices continue the moved session's. Unset: a new session.
+        """
+
     def __init__(
         self,
         *,
@@ -224,10 +233,11 @@ class SessionSettings(_message.Message):
         short_side: _builtins.int | None = ...,
         mask_encoding: Global___MaskEncoding.ValueType = ...,
         client_tag: _builtins.str = ...,
+        resume: Global___Resume | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mem_frames", b"_mem_frames", "_radius", b"_radius", "_refine_rounds", b"_refine_rounds", "_short_side", b"_short_side", "_temperature", b"_temperature", "_top_k", b"_top_k", "mem_frames", b"mem_frames", "radius", b"radius", "refine_rounds", b"refine_rounds", "short_side", b"short_side", "temperature", b"temperature", "top_k", b"top_k"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mem_frames", b"_mem_frames", "_radius", b"_radius", "_refine_rounds", b"_refine_rounds", "_short_side", b"_short_side", "_temperature", b"_temperature", "_top_k", b"_top_k", "mem_frames", b"mem_frames", "radius", b"radius", "refine_rounds", b"refine_rounds", "resume", b"resume", "short_side", b"short_side", "temperature", b"temperature", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mem_frames", b"_mem_frames", "_radius", b"_radius", "_refine_rounds", b"_refine_rounds", "_short_side", b"_short_side", "_temperature", b"_temperature", "_top_k", b"_top_k", "client_tag", b"client_tag", "mask_encoding", b"mask_encoding", "mem_frames", b"mem_frames", "radius", b"radius", "refine_rounds", b"refine_rounds", "short_side", b"short_side", "temperature", b"temperature", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mem_frames", b"_mem_frames", "_radius", b"_radius", "_refine_rounds", b"_refine_rounds", "_short_side", b"_short_side", "_temperature", b"_temperature", "_top_k", b"_top_k", "client_tag", b"client_tag", "mask_encoding", b"mask_encoding", "mem_frames", b"mem_frames", "radius", b"radius", "refine_rounds", b"refine_rounds", "resume", b"resume", "short_side", b"short_side", "temperature", b"temperature", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__mem_frames: _TypeAlias = _typing.Literal["mem_frames"]  # noqa: Y015
     _WhichOneofArgType__mem_frames: _TypeAlias = _typing.Literal["_mem_frames", b"_mem_frames"]  # noqa: Y015
@@ -255,6 +265,36 @@ class SessionSettings(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
 
 Global___SessionSettings: _TypeAlias = SessionSettings  # noqa: Y015
+
+@_typing.final
+class Resume(_message.Message):
+    """Where a moved session left off."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    FRAME_INDEX_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The id of the session being continued (TrackResponse.session_id on the first server), for the
+    logs; at most 64 characters.
+    """
+    frame_index: _builtins.int
+    """The moved session's frame_index of the first message's frame (the re-seed frame): responses
+    are numbered from it. At most 2^53.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        frame_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame_index", b"frame_index", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resume: _TypeAlias = Resume  # noqa: Y015
 
 @_typing.final
 class TrackRequest(_message.Message):
@@ -411,12 +451,25 @@ class TrackResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CLIENT_FRAME_ID_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     frame_index: _builtins.int
-    """0-based position of the frame in the stream (the n-th request gets frame_index n - 1)."""
+    """0-based position of the frame in the stream (the n-th request gets frame_index n - 1), counted
+    from SessionSettings.resume.frame_index in a resumed session.
+    """
     session_id: _builtins.str
     """Server-assigned id of the session (in every response; also in the server's logs)."""
     client_frame_id: _builtins.int
     """The request's client_frame_id, when it had one."""
+    resumed: _builtins.bool
+    """True in every response of a resumed session (SessionSettings.resume was set): the frame was
+    tracked from a re-seed (the last label map the client had), not from the original first mask.
+    """
+    draining: _builtins.bool
+    """True once the server is draining (shutting down): it still answers this session during its
+    grace period, but a client that can should move the session to another server (half-close
+    this stream, then resume elsewhere from the last answer).
+    """
     @_builtins.property
     def labels(self) -> Global___LabelMap:
         """The frame's label map at the frame's size, in the session's mask_encoding."""
@@ -438,10 +491,12 @@ class TrackResponse(_message.Message):
         timings: Global___Timings | None = ...,
         session_id: _builtins.str = ...,
         client_frame_id: _builtins.int | None = ...,
+        resumed: _builtins.bool = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id", "client_frame_id", b"client_frame_id", "labels", b"labels", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id", "client_frame_id", b"client_frame_id", "frame_index", b"frame_index", "labels", b"labels", "objects", b"objects", "session_id", b"session_id", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id", "client_frame_id", b"client_frame_id", "draining", b"draining", "frame_index", b"frame_index", "labels", b"labels", "objects", b"objects", "resumed", b"resumed", "session_id", b"session_id", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__client_frame_id: _TypeAlias = _typing.Literal["client_frame_id"]  # noqa: Y015
     _WhichOneofArgType__client_frame_id: _TypeAlias = _typing.Literal["_client_frame_id", b"_client_frame_id"]  # noqa: Y015
