@@ -138,7 +138,7 @@ def test_measure_helpers():
 
 
 def test_fast_path_refuses_without_cuda():
-    from mevos.bench.fast import FastTracker, cuda_unavailable
+    from mevos.runtime.fast import FastTracker, cuda_unavailable
     from mevos.model import build_model, preset
 
     if torch.cuda.is_available():

@@ -30,7 +30,7 @@ def _fresh_dispatch_state(monkeypatch):
 
 def test_cpu_tensors_use_the_reference():
     q, m, grid = _keys()
-    assert not ops.fused_enabled(q, m)
+    assert ops.resolve("auto", q, m) == "reference"
     got = ops.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
     want = reference.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
@@ -38,14 +38,31 @@ def test_cpu_tensors_use_the_reference():
     assert torch.equal(ops.readout(*got, vals), reference.readout(*want, vals))
 
 
-def test_force_reference_flag_turns_the_fused_path_off(monkeypatch):
+def test_impl_selects_the_code():
+    q, m, grid = _keys()
+    kw = dict(k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
+    dense = ops.topk_affinity(q, m, impl="dense", **kw)
+    want = reference.dense_topk_affinity(q, m, **kw)
+    assert torch.equal(dense[1], want[1]) and torch.equal(dense[0], want[0])
+    assert torch.equal(ops.topk_affinity(q, m, impl="reference", **kw)[1], want[1])
+    with pytest.raises(UsageError, match="no fused kernels for tensors on cpu"):
+        ops.topk_affinity(q, m, impl="fused", **kw)
+    with pytest.raises(UsageError, match="choose one of"):
+        ops.topk_affinity(q, m, impl="cuda", **kw)
+    assert ops.describe("dense", q, m, 4) == "dense reference"
+    assert ops.describe("auto", q, m, 4) == "chunked reference"
+
+
+def test_force_reference_flag_only_overrides_auto(monkeypatch):
     class FakeCuda:
         is_cuda = True
 
     monkeypatch.setattr(ops, "Tensor", FakeCuda)
-    assert ops.fused_enabled(FakeCuda(), FakeCuda())
+    assert ops.resolve("auto", FakeCuda(), FakeCuda()) == "fused"
     monkeypatch.setenv("MEVOS_FORCE_REFERENCE", "1")
-    assert not ops.fused_enabled(FakeCuda(), FakeCuda())
+    assert ops.resolve("auto", FakeCuda(), FakeCuda()) == "reference"
+    assert ops.resolve("fused", FakeCuda(), FakeCuda()) == "fused"
+    assert ops.resolve("dense", FakeCuda(), FakeCuda()) == "dense"
 
 
 @pytest.mark.parametrize(
@@ -61,21 +78,21 @@ def test_an_unavailable_kernel_warns_once_falls_back_and_stays_off(monkeypatch, 
         calls.append(1)
         raise error
 
-    monkeypatch.setattr(ops, "fused_enabled", lambda *t: ops._disabled_reason is None)
-    monkeypatch.setattr(fused, "topk_affinity", broken)
+    monkeypatch.setattr(ops, "_fused_op", lambda op, tensors: broken)
     with pytest.warns(RuntimeWarning, match="using the PyTorch reference"):
-        got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
+        got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid, impl="fused")
     want = reference.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
     assert torch.equal(got[1], want[1])
+    assert ops.resolve("auto", q, m) == "reference"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)  # no second warning, no retry
+        ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid, impl="fused")  # no second warning, no retry
     assert calls == [1]
 
 
 def test_an_unsupported_configuration_falls_back_with_one_warning_per_reason(monkeypatch):
     q, m, grid = _keys()
-    monkeypatch.setattr(ops, "fused_enabled", lambda *t: True)
+    monkeypatch.setattr(ops, "_fused_op", lambda op, tensors: getattr(fused, op))
     # Valid CPU tensors reach the support check and are refused there: the reference answers.
     with pytest.warns(RuntimeWarning, match="not on a CUDA device"):
         got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
