@@ -66,12 +66,12 @@ class _Models:
         return str(path)
 
     def model(self, preset: str) -> MevosNet:
-        from mevos.runtime.weights import load_default_model
+        from mevos.model.weights import load_default_model
 
         return load_default_model(self.path(preset))[0]
 
     def describe(self, preset: str) -> str:
-        from mevos.runtime.weights import describe_weights
+        from mevos.model.weights import describe_weights
 
         if self.checkpoint is None and preset != "small":
             return f"seeded untrained {preset} weights (speed does not depend on the weights)"

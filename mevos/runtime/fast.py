@@ -54,6 +54,29 @@ HOST_SLOTS = 3  # pinned label buffers: results may be read up to two frames lat
 STAGES = ("upload", "encode_key", "affinity_topk", "readout", "refine", "memory_write", "postprocess")
 
 
+def warm_kernels(device: torch.device, key_dim: int, value_dtypes: tuple[torch.dtype, ...] = (torch.float16,)
+                 ) -> str:
+    """Compile (or load from the cache) and run the fused kernels once on `device` for keys of
+    `key_dim` channels, so that no session's first frame waits for NVRTC. Returns the top-k path
+    a session will take (a fallback is warned about here, once, rather than mid-stream)."""
+    from mevos.runtime.memory import AffinityConfig
+
+    grid = (4, 16)
+    bank = MemoryBank(1, 1, grid, key_dim, 1, device, torch.float16)
+    bank.add_objects([1])
+    g = torch.Generator().manual_seed(0)
+    key = torch.nn.functional.normalize(torch.randn(grid[0] * grid[1], key_dim, generator=g), dim=1)
+    bank.write(key.to(device, torch.float16), torch.zeros(key.shape[0], 1, 1, device=device),
+               torch.zeros(key.shape[0], 1, device=device), pinned=True, stamp=0)
+    affinity = AffinityConfig(top_k=4)
+    for dtype in value_dtypes:
+        bank.values, bank.masks = bank.values.to(dtype), bank.masks.to(dtype)
+        bank.read(key.to(device, torch.float16), affinity)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return bank.affinity_path(affinity)
+
+
 def cuda_unavailable() -> str | None:
     """Why the fast tracker cannot run here, or None."""
     if not torch.cuda.is_available():
@@ -150,8 +173,9 @@ class FastTracker:
         self.ids = object_ids
         h, w = self.geo.grid
         self.P, self.O = h * w, len(object_ids)
-        # The memory bank keeps the slot policy (one pinned first frame, then a ring of mem_frames).
-        self.memory = MemoryBank(cfg.mem_frames, 1, (h, w), mc.key_dim, mc.value_dim, dev, dt)
+        # The Tracker's memory bank and slot policy (the first frame pinned, then a ring of
+        # mem_frames), so a Tracker can take the session over (to_tracker) and pin more frames.
+        self.memory = MemoryBank(cfg.mem_frames, cfg.max_pinned, (h, w), mc.key_dim, mc.value_dim, dev, dt)
         self.memory.add_objects(object_ids)
         pin = self.options.pinned_uploads
         self.host_in = [torch.empty(*size, 3, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
