@@ -86,7 +86,7 @@ def describe(impl: str, query: Tensor, memory: Tensor, k: int) -> str:
     if query.is_cuda:
         from mevos.kernels import fused
 
-        why = fused.topk_unsupported(query, memory, k)
+        why = fused.topk_unsupported(query, memory, k)  # (the radius limit needs > 128 frames)
         return "fused CUDA kernel" if why is None else f"chunked reference ({why})"
     return "fused kernel"
 
@@ -118,9 +118,12 @@ def topk_affinity(
     radius: int | None = None,
     chunk_size: int = 1024,
     impl: str = "auto",
+    error_flag: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """See mevos.kernels.reference.topk_affinity (the contract): query P x C, memory T x P x C ->
-    (weights P x k float32, indices P x k int64); `impl` picks the code (module docstring)."""
+    (weights P x k float32, indices P x k int64); `impl` picks the code (module docstring).
+    error_flag: for the fused kernels, an int32 device flag to OR errors into instead of waiting
+    for the device (mevos.kernels.fused); the other paths raise at once and ignore it."""
     chosen = resolve(impl, query, memory)
     kw = dict(k=k, temperature=temperature, grid=grid, pinned=pinned, radius=radius)
     if chosen == "dense":
@@ -132,12 +135,13 @@ def topk_affinity(
     if chosen == "fused":
         fn = _fused_op("topk_affinity", (query, memory))
         assert fn is not None
-        return _call_fused(fn, ref, query, memory, chunk_size=chunk_size, **kw)  # type: ignore[no-any-return]
+        flag = {} if error_flag is None else {"error_flag": error_flag}
+        return _call_fused(fn, ref, query, memory, chunk_size=chunk_size, **kw, **flag)  # type: ignore[no-any-return]
     return ref()
 
 
 def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024,
-            impl: str = "auto") -> Tensor:
+            impl: str = "auto", error_flag: Tensor | None = None) -> Tensor:
     """See mevos.kernels.reference.readout (the contract): weights, indices P x k, memory M x C ->
     P x C float32. 'dense' reads every query at once (one chunk), as the baseline does."""
     chosen = resolve(impl, weights, indices, memory, op="readout")
@@ -150,5 +154,6 @@ def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int
     if chosen == "fused":
         fn = _fused_op("readout", (weights, indices, memory))
         assert fn is not None
-        return _call_fused(fn, ref, weights, indices, memory, chunk_size=chunk_size)  # type: ignore[no-any-return]
+        flag = {} if error_flag is None else {"error_flag": error_flag}
+        return _call_fused(fn, ref, weights, indices, memory, chunk_size=chunk_size, **flag)  # type: ignore[no-any-return]
     return ref()

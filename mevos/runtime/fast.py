@@ -12,7 +12,8 @@ The Tracker's stages (mevos.runtime.propagate) and memory bank, run differently:
 - frames go up from pinned host buffers on a copy stream, so frame t+1's upload overlaps frame
   t's compute; label maps come back into pinned buffers: a result's labels are read (and waited
   for) when asked, typically one frame later;
-- nothing in this module waits for the device inside a frame.
+- nothing waits for the device inside a frame: the pinned-frame flags are a kernel argument, the
+  kernels' error flag comes back with the labels and is read once, when they are.
 
     fast = FastTracker(model, TrackerConfig(mem_frames=20), device="cuda")
     prev = fast.step(frame0, masks=labels0)
@@ -191,6 +192,10 @@ class FastTracker:
         self.host_out = [torch.empty(*size, dtype=torch.uint8, pin_memory=pin) for _ in range(HOST_SLOTS)]
         self.dev_probs = [torch.empty(self.O, *size, device=dev) for _ in range(HOST_SLOTS)]
         self.out_events = [torch.cuda.Event() for _ in range(HOST_SLOTS)] if self.cuda else []
+        # The fused kernels OR errors into one device flag instead of waiting for the device; it
+        # comes back with the frame's labels and is read once, when they are.
+        self.error_flag = torch.zeros(1, dtype=torch.int32, device=dev) if self.cuda else None
+        self.host_flags = [torch.zeros(1, dtype=torch.int32, pin_memory=pin) for _ in range(HOST_SLOTS)]
         self.key_stage = _Stage("encode_key", self._encode_key)
         self.refine_stage = _Stage("refine", self._refine)
         self.memory_stage = _Stage("memory_write", self._memory_entry)
@@ -281,18 +286,25 @@ class FastTracker:
         self.memory.write(self.key_stage.out[1], values, masks, pinned=pinned, stamp=self.frame_index)
 
     def _finish(self, labels: Tensor, probs: Tensor, t0: float) -> FrameResult:
-        i = self.frame_index % HOST_SLOTS
+        i, index = self.frame_index % HOST_SLOTS, self.frame_index
         self.host_out[i].copy_(labels, non_blocking=self.cuda)
         self.dev_probs[i].copy_(probs)
+        if self.error_flag is not None:
+            self.host_flags[i].copy_(self.error_flag, non_blocking=True)
+            self.error_flag.zero_()
         event = None
         if self.cuda:
             event = self.out_events[i]
             event.record(torch.cuda.current_stream(self.device))
-        host, dev_probs = self.host_out[i], self.dev_probs[i]
+        host, dev_probs, flag = self.host_out[i], self.dev_probs[i], self.host_flags[i]
 
         def fetch() -> tuple[np.ndarray, np.ndarray]:
             if event is not None:
                 event.synchronize()
+            if int(flag[0]):
+                from mevos.kernels.fused import error_message
+
+                raise UsageError(error_message(f" in frame {index}"))
             return host.numpy().copy(), dev_probs.float().cpu().numpy()
 
         mark(self._clock, "postprocess")
@@ -330,7 +342,7 @@ class FastTracker:
         self.key_stage()
         mark(self._clock, "encode_key")
         stages.read_memory(self.memory, self.key_stage.out[1], self.config.affinity, (self.rd_values, self.rd_masks),
-                           self._clock)
+                           self._clock, self.error_flag)
         self.refine_stage()
         mark(self._clock, "refine")
         self.memory_stage()

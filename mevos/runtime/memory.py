@@ -113,7 +113,7 @@ class MemoryBank:
         return ops.describe(cfg.impl, keys[0], keys, min(cfg.top_k, n * keys.shape[1]))
 
     def read(self, query: Tensor, cfg: AffinityConfig, out: tuple[Tensor, Tensor] | None = None,
-             clock: StageClock | None = None) -> tuple[Tensor, Tensor]:
+             clock: StageClock | None = None, error_flag: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """query P x Ck -> (readout values O x Cv x P, warped masks O x P), float32; written into
         `out` (two such buffers) when given, else into new tensors.
 
@@ -121,6 +121,8 @@ class MemoryBank:
         known since the first frame) that is one group and the buffers are read without a copy.
         Nothing here waits for the device: the slot bookkeeping and the pinned flags stay on the host.
         clock: the profiling hook; the top-k is charged to affinity_topk, the rest to readout.
+        error_flag: passed to the fused kernels, which then set it instead of waiting for the
+        device to raise (the fast tracker reads it once per frame).
         """
         n, p, o = self.used, self.keys.shape[1], len(self.object_ids)
         if out is None:
@@ -147,15 +149,16 @@ class MemoryBank:
             k = min(cfg.top_k, t * p)
             weights, indices = ops.topk_affinity(
                 query, keys, k=k, temperature=cfg.temperature, grid=self.grid, pinned=pinned,
-                radius=cfg.radius, chunk_size=cfg.chunk_size, impl=cfg.impl,
+                radius=cfg.radius, chunk_size=cfg.chunk_size, impl=cfg.impl, error_flag=error_flag,
             )
             mark(clock, "affinity_topk")
             g = len(objs)
             # Two reads over the same top-k rather than one over a concatenation, which would copy
             # the whole T x P memory every frame.
             rv = ops.readout(weights, indices, vals.reshape(t * p, g * self.value_dim), chunk_size=cfg.chunk_size,
-                             impl=cfg.impl)
-            rm = ops.readout(weights, indices, msks.reshape(t * p, g), chunk_size=cfg.chunk_size, impl=cfg.impl)
+                             impl=cfg.impl, error_flag=error_flag)
+            rm = ops.readout(weights, indices, msks.reshape(t * p, g), chunk_size=cfg.chunk_size, impl=cfg.impl,
+                             error_flag=error_flag)
             if g == o:  # every object in one group: plain copies, no index tensor to upload
                 out_v.copy_(rv.view(p, g, self.value_dim).permute(1, 2, 0))
                 out_m.copy_(rm.t())

@@ -44,12 +44,13 @@ def query_of(key: Tensor) -> Tensor:
 
 
 def read_memory(memory: MemoryBank, query: Tensor, affinity: AffinityConfig,
-                out: tuple[Tensor, Tensor] | None = None, clock: StageClock | None = None) -> tuple[Tensor, Tensor]:
+                out: tuple[Tensor, Tensor] | None = None, clock: StageClock | None = None,
+                error_flag: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """query P x Ck -> (readout O x Cv x h x w, coarse masks O x 1 x h x w) float32: V_q = A^T V_r
     and Y = A^T Y_r through one top-k affinity (MemoryBank.read); into `out` when given
-    (buffers O x Cv x P and O x P)."""
+    (buffers O x Cv x P and O x P). clock: the profiling hook; error_flag: see MemoryBank.read."""
     h, w = memory.grid
-    readout, coarse = memory.read(query, affinity, out, clock)
+    readout, coarse = memory.read(query, affinity, out, clock, error_flag)
     o = readout.shape[0]
     return readout.view(o, -1, h, w), coarse.view(o, 1, h, w)
 

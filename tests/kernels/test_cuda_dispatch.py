@@ -165,3 +165,35 @@ def test_import_needs_no_cuda_python():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_launch_failure_is_one_kernel_unavailable(monkeypatch):
+    """Whatever cuda.core raises while launching becomes KernelUnavailable naming the kernel (ops
+    then turns the kernels off and answers with the reference: see the test above)."""
+    import types
+
+    class FakeKernel:
+        name = "mevos_topk_partial"
+
+    def failing_launch(*args):
+        raise RuntimeError("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
+
+    fake = types.SimpleNamespace(
+        Device=lambda i: types.SimpleNamespace(set_current=lambda: None), LEGACY_DEFAULT_STREAM=object(),
+        Stream=types.SimpleNamespace(from_handle=lambda h: h), LaunchConfig=lambda **kw: kw, launch=failing_launch,
+    )
+    monkeypatch.setattr(nvrtc, "core", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: types.SimpleNamespace(cuda_stream=0))
+    with pytest.raises(nvrtc.KernelUnavailable, match="cannot launch mevos_topk_partial on cuda:0.*OUT_OF_RESOURCES"):
+        nvrtc.launch(FakeKernel(), 0, (1, 1, 1), 128)
+
+
+def test_pinned_flags_are_a_kernel_argument():
+    assert fused._pinned_mask([True, False, True]) == (0b101, 0)
+    flags = [False] * 130
+    flags[0] = flags[64] = flags[127] = flags[129] = True  # frames past 128 are not representable
+    assert fused._pinned_mask(flags) == (1, 1 | (1 << 63))
+    q, m, _ = _keys(T=2)
+    big = torch.zeros(fused.MAX_FLAGGED_FRAMES + 1, 1, 16)
+    assert fused.topk_unsupported(q[:1], big, 3, radius=2) == "more than 128 memory frames with a locality radius"
+    assert "not on a CUDA device" in fused.topk_unsupported(q[:1], big, 3, radius=None)
