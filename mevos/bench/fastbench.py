@@ -16,7 +16,7 @@ from mevos.bench.measure import Meters, clock, summarize
 from mevos.model.network import MevosNet
 from mevos.runtime.backend import TorchBackend
 from mevos.runtime.fast import STAGES, FastOptions, FastTracker
-from mevos.runtime.tracker import Tracker, TrackerConfig
+from mevos.runtime.tracker import Tracker, TrackerConfig, track
 
 GOAL_FPS = 200.0
 JF_TOLERANCE = 0.005
@@ -116,13 +116,7 @@ def jf_parity(model: MevosNet, config: TrackerConfig, davis: Path, sequences: tu
         tracker = Tracker(reference_backend, dataclasses.replace(config, affinity_impl="dense"))
         ref = np.stack([tracker.step(f, masks=first if i == 0 else None).labels for i, f in enumerate(frames)])
         fast = FastTracker(model, config, device=device, options=options)
-        out, prev = [], fast.step(frames[0], masks=first)
-        for f in frames[1:]:
-            cur = fast.step(f)
-            out.append(prev.labels)
-            prev = cur
-        out.append(prev.labels)
-        got = np.stack(out)
+        got = np.stack([result.labels for _, result in track(fast, frames, first)])
         ref_scores += evaluate_sequence(gt, ref, name=seq)
         fast_scores += evaluate_sequence(gt, got, name=seq)
         agree.append(float((ref == got).mean()))

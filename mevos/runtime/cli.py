@@ -18,8 +18,6 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from mevos.runtime.tracker import FrameTracker, TrackerConfig
 
 
@@ -42,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mevos.data.results import ResultWriter, read_first_mask
     from mevos.data.video import open_frames
-    from mevos.runtime.options import tracker_config_from_args
-    from mevos.runtime.tracker import FrameResult
     from mevos.model.weights import describe_weights
+    from mevos.runtime.options import tracker_config_from_args
+    from mevos.runtime.tracker import track
 
     config = tracker_config_from_args(args)
     source = open_frames(args.source)
@@ -55,19 +53,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with ResultWriter(args.out, source, force=args.force, overlay=args.overlay) as results, \
             tqdm(total=total, unit="frame", desc=f"segment {source.name}", file=sys.stderr) as bar:
-        # One frame behind: frame i is queued before frame i-1's labels are read (the fast tracker
-        # overlaps them; the Tracker's are ready anyway).
-        pending: tuple[int, np.ndarray, FrameResult] | None = None
-        for i, frame in enumerate(itertools.islice(source, args.max_frames)):
-            result = tracker.step(frame, masks=mask if i == 0 else None)
-            if pending is not None:
-                results.write(pending[0], pending[1], pending[2].labels)
-                bar.update(1)
-                bar.set_postfix(fps=f"{results.count / (time.perf_counter() - t0):.1f}")
-            pending = (i, frame, result)
-        if pending is not None:
-            results.write(pending[0], pending[1], pending[2].labels)
+        # One frame behind (runtime.tracker.track): frame i is queued before frame i-1's labels
+        # are read, so the fast tracker overlaps them.
+        for i, (frame, result) in enumerate(track(tracker, itertools.islice(source, args.max_frames), mask)):
+            results.write(i, frame, result.labels)
             bar.update(1)
+            bar.set_postfix(fps=f"{results.count / (time.perf_counter() - t0):.1f}")
     seconds = time.perf_counter() - t0
     print(f"mevos segment: {results.count} frames, {len(tracker.object_ids)} object(s), "
           f"{results.count / seconds:.1f} FPS -> {results.out}"
@@ -83,8 +74,8 @@ def make_tracker(args: argparse.Namespace, config: TrackerConfig) -> tuple[Frame
     from mevos.runtime.tracker import Tracker
 
     if use_fast_tracker(args.device, args.backend, args.fast):
-        from mevos.runtime.fast import FastOptions, FastTracker
         from mevos.model.weights import load_default_model
+        from mevos.runtime.fast import FastOptions, FastTracker
 
         model, _ = load_default_model(args.checkpoint)
         fast = FastTracker(model, config, device=args.device, options=FastOptions(fp16=args.precision != "fp32"))

@@ -32,7 +32,9 @@ Tracker's on a machine without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -83,6 +85,14 @@ def cuda_unavailable() -> str | None:
     if not torch.cuda.is_available():
         return f"needs a CUDA GPU (torch {torch.__version__} sees none)"
     return None
+
+
+def _cudnn_autotuning() -> contextlib.AbstractContextManager[None]:
+    """cuDNN's benchmark mode (autotuned convolutions for the fixed shapes) for the fast tracker's
+    own calls only: torch's flags context restores the process-wide setting on exit, and every
+    other flag (None) is left as it is."""
+    params = inspect.signature(torch.backends.cudnn.flags).parameters
+    return torch.backends.cudnn.flags(**{**dict.fromkeys(params), "benchmark": True})
 
 
 @dataclass(frozen=True)
@@ -153,8 +163,6 @@ class FastTracker:
         fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
         model = copy.deepcopy(model).to(self.device, self.dtype)
         self.model = model.to(memory_format=fmt).eval()  # type: ignore[call-overload]  # stubs lack memory_format
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True
         self.copy_stream = torch.cuda.Stream(self.device) if self.options.pinned_uploads else None
         self.graph_error: str | None = None
         self.frame_index = 0
@@ -321,6 +329,11 @@ class FastTracker:
 
         profile: synchronise the device at every stage boundary and put each stage's milliseconds
         in the result's `stages` (a breakdown run; leave False for throughput)."""
+        with _cudnn_autotuning() if self.cuda else contextlib.nullcontext():
+            return self._step(frame, masks, remove, profile)
+
+    def _step(self, frame: np.ndarray, masks: np.ndarray | None, remove: tuple[int, ...] | list[int],
+              profile: bool) -> FrameResult:
         t0 = time.perf_counter()
         self._clock = StageClock(self.device) if profile else None
         frame = np.asarray(frame)

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -133,6 +133,21 @@ class FrameTracker(Protocol):
 
     def step(self, frame: np.ndarray, masks: np.ndarray | None = None, remove: tuple[int, ...] | list[int] = (),
              profile: bool = False) -> FrameResult: ...
+
+
+def track(tracker: FrameTracker, frames: Iterable[np.ndarray], first_mask: np.ndarray
+          ) -> Iterator[tuple[np.ndarray, FrameResult]]:
+    """(frame, result) of each frame of a stream whose objects are given on its first frame
+    (first_mask H x W ids), in order, one frame behind: frame t is queued before frame t-1's
+    result is handed out, so a FastTracker's device work overlaps the caller's use of the labels."""
+    pending: tuple[np.ndarray, FrameResult] | None = None
+    for i, frame in enumerate(frames):
+        result = tracker.step(frame, masks=first_mask if i == 0 else None)
+        if pending is not None:
+            yield pending
+        pending = (frame, result)
+    if pending is not None:
+        yield pending
 
 
 class Tracker:

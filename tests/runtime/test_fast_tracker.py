@@ -13,7 +13,7 @@ from mevos.data.synthetic import SyntheticConfig, generate
 from mevos.errors import InputError, UsageError
 from mevos.model import build_model, preset
 from mevos.runtime.backend import TorchBackend
-from mevos.runtime.tracker import Tracker, TrackerConfig
+from mevos.runtime.tracker import Tracker, TrackerConfig, track
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,7 @@ def clip():
 
 def _fast_labels(fast: FastTracker, frames, first):
     """Pipelined as a real client would: frame t queued before frame t-1's labels are read."""
-    out, prev = [], fast.step(frames[0], masks=first)
-    for f in frames[1:]:
-        cur = fast.step(f)
-        out.append(prev.labels)
-        prev = cur
-    out.append(prev.labels)
-    return out
+    return [result.labels for _, result in track(fast, frames, first)]
 
 
 def test_fast_path_math_equals_the_tracker_on_cpu(model, clip):
