@@ -361,7 +361,8 @@ class FastTracker:
         self.memory_stage()
         self._write_memory(pinned=False)
         mark(self._clock, "memory_write")
-        return self._finish(*self.post_stage(), t0)
+        labels, probs = self.post_stage()
+        return self._finish(labels, probs, t0)
 
     def _start(self, frame: np.ndarray, labels: np.ndarray, t0: float) -> FrameResult:
         if labels.shape != frame.shape[:2]:
