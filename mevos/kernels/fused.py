@@ -83,10 +83,8 @@ def _num_splits(query_blocks: int, tiles: int, resident: int) -> int:
     return best
 
 
-@functools.lru_cache(maxsize=64)
 def _resident_ctas(kernel: object, device_index: int) -> int:
-    """CTAs of the partial kernel that run at once on the whole GPU (occupancy x SMs); cached
-    per kernel and device (the query costs a driver call)."""
+    """CTAs of the partial kernel that run at once on the whole GPU (occupancy x SMs)."""
     sms = torch.cuda.get_device_properties(device_index).multi_processor_count
     try:
         per_sm = int(kernel.occupancy.max_active_blocks_per_multiprocessor(_THREADS, 0))  # type: ignore[attr-defined]
@@ -96,12 +94,14 @@ def _resident_ctas(kernel: object, device_index: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _topk_plan(partial: object, device_index: int, h: int, w: int, T: int, C: int, dtype: torch.dtype
-               ) -> tuple[int, int]:
-    """(query blocks, splits) of a top-k launch, cached per shape."""
+def _topk_plan(device_index: int, h: int, w: int, T: int, C: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(query blocks, splits) of a top-k launch, cached per device and shape (the occupancy
+    query behind it costs driver calls)."""
     query_blocks = math.ceil(h / _QUERY_ROWS) * math.ceil(w / _QUERY_COLS)
     cells = _tile_cells(C, dtype)
     tiles = T * math.ceil(h / (cells // 16)) * math.ceil(w / 16)
+    partial = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_partial", {"KEY_DIM": C, "KEY_TYPE": _DTYPE_CODE[dtype]},
+                               device_index)
     return query_blocks, _num_splits(query_blocks, tiles, _resident_ctas(partial, device_index))
 
 
@@ -169,7 +169,7 @@ def topk_affinity(
     with torch.cuda.device(index):
         partial = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_partial", defines, index)
         merge = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_merge", defines, index)
-    query_blocks, splits = _topk_plan(partial, index, h, w, T, C, q.dtype)
+        query_blocks, splits = _topk_plan(index, h, w, T, C, q.dtype)
     part_s = torch.empty(splits, P, k, dtype=torch.float32, device=device)
     part_i = torch.empty(splits, P, k, dtype=torch.int32, device=device)
     weights = torch.empty(P, k, dtype=torch.float32, device=device)
