@@ -335,8 +335,9 @@ class Runner:
             "methods": {
                 "timing": "time.perf_counter after torch.cuda.synchronize (CUDA) around each stage / frame; "
                           "warm-up iterations run first and are not recorded; statistics over the timed ones",
-                "stages": "network stages per (backend, precision, resolution, objects) and memory stages per "
-                          "(affinity, resolution, objects, memory frames) measured apart; frame_ms = sum of medians",
+                "stages": "Tracker.step (the fast tracker's step for 'fast') timed through the runtime's profiling "
+                          "hook, on a tracker whose memory holds 1 + mem_frames frames, at the frame's own "
+                          "resolution; frame_ms = sum of the stage medians",
                 "end_to_end": "real Tracker over the synthetic video; warm-up = mem_frames + 2 frames (memory full)",
                 "baseline": "speedup_vs_baseline = baseline figure / this figure (FPS: this / baseline), "
                             "same preset, resolution, objects and memory frames",
