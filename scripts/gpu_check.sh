@@ -7,7 +7,7 @@
 #   3. the GPU `mevos bench`: stages and end to end of baseline / torch / fast at 240p and 480p,
 #      the fast tracker's goal configuration with its ablations (no gRPC, no DAVIS J&F unless the
 #      shared DAVIS folder is there)
-# Worst case (every limit hit) 60 + 150 + 90 + 170 s = 7.8 min. Every result is left under
+# Worst case (every limit hit) 60 + 120 + 90 + 200 s = 7.8 min. Every result is left under
 # $OUT/benchmarks/results/ (the names the committed record uses: copy them into
 # benchmarks/results/ and commit), with check.log and pytest.xml beside them.
 #
@@ -45,14 +45,14 @@ main() {
         echo "gpu_check: mevos is not installed; running from the source tree"
         export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     fi
-    step pytest 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/kernels tests/runtime/test_fast_tracker.py \
+    step pytest 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/kernels tests/runtime/test_fast_tracker.py \
         -k "cuda or compile or dispatch or fast" --junitxml="$RESULTS_DIR/gpu_check_pytest.xml"
     step bench_affinity 90 "$PY" benchmarks/bench_affinity.py --out "$RESULTS_DIR"
     local davis=(--no-jf)
     [ -d ../shared/data/davis2016 ] && davis=(--davis ../shared/data/davis2016 --no-jf)
     [ -d shared/data/davis2016 ] && davis=(--davis shared/data/davis2016)
-    step mevos_bench 170 "$PY" -m mevos.cli bench --plan full --device cuda --resolutions 240p,480p --objects 1 \
-        --mem-frames 5,20 --variants baseline,torch,fast --no-grpc --repeat 10 --fast-frames 120 "${davis[@]}" \
+    step mevos_bench 200 "$PY" -m mevos.cli bench --plan full --device cuda --resolutions 240p,480p --objects 1 \
+        --mem-frames 5,20 --variants baseline,torch,fast --no-grpc --repeat 10 --fast-frames 100 "${davis[@]}" \
         --tag gpu_check --out "$RESULTS_DIR"
     echo "=== gpu_check summary"
     printf '  %s\n' "${SUMMARY[@]}"
