@@ -35,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mevos.export.graphs import GRAPH_NAMES, graph_specs  # noqa: E402
+from mevos.model.graphs import GRAPH_NAMES, graph_specs  # noqa: E402
 from mevos.export.onnx import export_onnx  # noqa: E402
 from mevos.model import build_model, load_checkpoint, preset  # noqa: E402
 from mevos.runtime.backend import TorchBackend  # noqa: E402

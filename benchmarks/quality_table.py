@@ -35,7 +35,7 @@ from mevos.model import build_model, preset
 from mevos.model.config import ModelConfig
 from mevos.runtime.backend import Backend, TorchBackend
 from mevos.runtime.tracker import Tracker, TrackerConfig
-from mevos.runtime.weights import load_default_model
+from mevos.model.weights import load_default_model
 
 
 class KeyOnlyBackend:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from mevos.client import TrackingClient
     from mevos.eval.evaluate import GlobalScores, baseline_sequence, evaluate_sequence
     from mevos.data.results import finish_output, prepare_output
-    from mevos.runtime.weights import describe_weights
+    from mevos.model.weights import describe_weights
 
     video = generate(SyntheticConfig(num_frames=args.frames, num_objects=args.objects, seed=args.seed, name="demo"))
     out = Path(args.out)

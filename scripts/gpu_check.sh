@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# The GPU checks, in one device call on a lent GPU, each step under its own time limit:
-#   1. pytest tests/kernels -k cuda        (NVRTC compile, dispatch, fused kernels against the reference)
-#   2. python benchmarks/bench_affinity.py (fused vs dense vs chunked top-k affinity, 240p-720p)
-#   3. the training recipe, scripts/gpu_train.sh, on a shortened schedule: 4 + 2 epochs (264
-#      steps, both phases and one clustering, ~2 min), stopped at GPU_TRAIN_SECONDS (165)
-# Worst case (every limit hit) 60 + 120 + 90 + 225 s = 8.3 min; about 4 when nothing hangs. The full
-# recipe is scripts/gpu_train.sh alone, in its own call. Outputs under
-# $OUT (at most 8 files come back): check.log, pytest.xml, bench/affinity_<gpu>.json and .png,
-# train/train.log, train/log.jsonl, train/summary.json.
+# The GPU checks: the first command of any session that has a GPU lent, in one device call of at
+# most 8 minutes, each step under its own time limit:
+#   1. pytest: the CUDA parity tests (tests/kernels: NVRTC compile, dispatch, the fused kernels
+#      against the reference; tests/runtime/test_fast_tracker.py: the fast tracker on CUDA)
+#   2. benchmarks/bench_affinity.py: fused vs dense vs chunked top-k affinity, 240p-720p
+#   3. the GPU `mevos bench`: stages and end to end of baseline / torch / fast at 240p and 480p,
+#      the fast tracker's goal configuration with its ablations (no gRPC, no DAVIS J&F unless the
+#      shared DAVIS folder is there)
+# Worst case (every limit hit) 60 + 120 + 90 + 200 s = 7.8 min. Every result is left under
+# $OUT/benchmarks/results/ (the names the committed record uses: copy them into
+# benchmarks/results/ and commit), with check.log and pytest.xml beside them.
 #
-# Pack the frames once, here (see scripts/gpu_train.sh), then through the device tool:
-#   run(command="bash scripts/gpu_check.sh", carry=["out/gpu-data"], timeout_s=540)
+# Through the device tool:  run(command="bash scripts/gpu_check.sh", timeout_s=500)
+# The full training recipe is scripts/gpu_train.sh, in its own call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu-check}
-mkdir -p "$OUT"
+RESULTS_DIR="$OUT/benchmarks/results"
+mkdir -p "$RESULTS_DIR"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 
-declare -a RESULTS=()
+declare -a SUMMARY=()
 
 step() {  # step NAME SECONDS COMMAND...: run under a time limit, record the outcome
     local name=$1 limit=$2 t0 rc
@@ -27,30 +30,33 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit, record the out
     t0=$(date +%s)
     timeout -k 10 "$limit" "$@"
     rc=$?
-    RESULTS+=("$name: exit $rc in $(( $(date +%s) - t0 )) s$([ "$rc" = 124 ] && echo ' (time limit)')")
+    SUMMARY+=("$name: exit $rc in $(( $(date +%s) - t0 )) s$([ "$rc" = 124 ] && echo ' (time limit)')")
     echo "=== $name: exit $rc"
 }
 
 main() {
-    echo "gpu_check: $(date -u +%FT%TZ) on $(hostname)"
+    echo "gpu_check: $(date -u +%FT%TZ) on $(hostname), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     # --no-build-isolation: the machine has no network for pip to fetch setuptools into a build env.
-    if [ "${GPU_TRAIN_INSTALL:-1}" = 1 ]; then
+    if [ "${GPU_CHECK_INSTALL:-1}" = 1 ]; then
         step install 60 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
     fi
     if ! "$PY" -c "import mevos" 2>/dev/null; then
         echo "gpu_check: mevos is not installed; running from the source tree"
         export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     fi
-    step pytest 120 "$PY" -m pytest -q -p no:cacheprovider tests/kernels -k cuda --junitxml="$OUT/pytest.xml"
-    step bench_affinity 90 "$PY" benchmarks/bench_affinity.py --out "$OUT/bench"
-    # gpu_train.sh keeps its own (inner) limit; this outer one only guards against a hang after it.
-    local limit=${GPU_TRAIN_SECONDS:-165}
-    step train $(( limit + 60 )) env OUT="$OUT/train" GPU_TRAIN_INSTALL=0 GPU_TRAIN_SECONDS="$limit" \
-        GPU_TRAIN_WEIGHTS=none bash scripts/gpu_train.sh \
-        --set corr_epochs=4 --set joint_epochs=2 --set lr_step_epochs=2 --set recluster_every=2
+    step pytest 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/kernels tests/runtime/test_fast_tracker.py \
+        -k "cuda or compile or dispatch or fast" --junitxml="$RESULTS_DIR/gpu_check_pytest.xml"
+    step bench_affinity 90 "$PY" benchmarks/bench_affinity.py --out "$RESULTS_DIR"
+    local davis=(--no-jf)
+    [ -d ../shared/data/davis2016 ] && davis=(--davis ../shared/data/davis2016 --no-jf)
+    [ -d shared/data/davis2016 ] && davis=(--davis shared/data/davis2016)
+    step mevos_bench 200 "$PY" -m mevos.cli bench --plan full --device cuda --resolutions 240p,480p --objects 1 \
+        --mem-frames 5,20 --variants baseline,torch,fast --no-grpc --repeat 10 --fast-frames 100 "${davis[@]}" \
+        --tag gpu_check --out "$RESULTS_DIR"
     echo "=== gpu_check summary"
-    printf '  %s\n' "${RESULTS[@]}"
+    printf '  %s\n' "${SUMMARY[@]}"
+    ls -l "$RESULTS_DIR"
 }
 
-main 2>&1 | tee "$OUT/check.log"
+main 2>&1 | tee "$RESULTS_DIR/gpu_check.log"

@@ -10,8 +10,9 @@ examples:
   mevos bench --quick                 # CPU-sized: small preset, 240p, torch + onnxruntime (minutes)
   mevos bench                         # the whole grid and the GPU fast path (meant for a CUDA GPU)
   mevos bench --quick --no-grpc --variants baseline,torch --out /tmp/bench
+  mevos bench --quick --out benchmarks/results   # update the committed record (explicitly)
 
-Writes OUT/bench_<mode>_<device>.json, OUT/bench_<mode>_<device>_{stages,fps}.png and rewrites
+Writes (default OUT: ./bench-out, outside the committed record) OUT/bench_<mode>_<device>.json, OUT/bench_<mode>_<device>_{stages,fps}.png and rewrites
 OUT/SUMMARY.md from every bench_*.json in OUT.
 """
 
@@ -47,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--plan", choices=["full", "quick", "tiny"], default=None,
                       help="named plan (default full: every backend at 240p/480p/720p and the GPU fast path)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--out", default="benchmarks/results", help="results folder (default benchmarks/results)")
+    parser.add_argument("--out", default="bench-out",
+                        help="results folder (default ./bench-out; the committed record is --out benchmarks/results)")
     parser.add_argument("--tag", default=None, help="file name part (default: <plan>_<device>)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights to run (default: the default weights for small, seeded weights otherwise)")

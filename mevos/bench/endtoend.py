@@ -8,16 +8,11 @@ the three networks, the memory read and write, and the label map back on the hos
 
 from __future__ import annotations
 
-import contextlib
-import types
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from mevos.bench.measure import Meters, clock, summarize
-from mevos.kernels import ops, reference
-from mevos.runtime import memory as memory_module
 from mevos.runtime.backend import Backend
 from mevos.runtime.tracker import Tracker, TrackerConfig
 
@@ -27,46 +22,25 @@ def warmup_frames(mem_frames: int) -> int:
     return mem_frames + 2
 
 
-def _dense_topk(query: Any, memory: Any, **kw: Any) -> Any:
-    kw.pop("chunk_size", None)
-    return reference.dense_topk_affinity(query, memory, **kw)
-
-
-@contextlib.contextmanager
-def dense_affinity() -> Iterator[None]:
-    """Within the block the tracker's memory reads use the dense (materialised) affinity: the
-    paper's code path. The memory module looks `ops` up at every call, so swapping it for a
-    namespace with the dense top-k changes nothing else; it is restored on exit."""
-    original = memory_module.ops
-    dense = types.SimpleNamespace(topk_affinity=_dense_topk, readout=ops.readout)
-    memory_module.ops = dense  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        memory_module.ops = original
-
-
 def run_tracker(backend: Backend, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray,
-                warmup: int, dense: bool = False) -> dict[str, Any]:
+                warmup: int) -> dict[str, Any]:
     """Track `frames` with a fresh Tracker; time every frame after `warmup`. Returns fps,
-    ms_per_frame statistics, frame counts and peak memory."""
+    ms_per_frame statistics, frame counts and peak memory. The affinity's code is
+    config.affinity_impl (the baseline: 'dense')."""
     if warmup >= len(frames):
         raise ValueError(f"{len(frames)} frames leave none to time after {warmup} warm-up frames")
     dev = backend.device
     tracker = Tracker(backend, config)
     ms: list[float] = []
-    with contextlib.ExitStack() as stack:
-        if dense:
-            stack.enter_context(dense_affinity())
-        for i in range(warmup):
+    for i in range(warmup):
+        tracker.step(frames[i], masks=first_mask if i == 0 else None)
+    with Meters(dev) as meters:
+        start = clock(dev)
+        for i in range(warmup, len(frames)):
+            t0 = clock(dev)
             tracker.step(frames[i], masks=first_mask if i == 0 else None)
-        with Meters(dev) as meters:
-            start = clock(dev)
-            for i in range(warmup, len(frames)):
-                t0 = clock(dev)
-                tracker.step(frames[i], masks=first_mask if i == 0 else None)
-                ms.append((clock(dev) - t0) * 1e3)
-            total = clock(dev) - start
+            ms.append((clock(dev) - t0) * 1e3)
+        total = clock(dev) - start
     timed = len(frames) - warmup
     return {"frames_warmup": warmup, "frames_timed": timed, "fps": timed / total, "ms_per_frame": summarize(ms),
             "frame_ms": ms, **meters.memory()}

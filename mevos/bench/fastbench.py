@@ -1,8 +1,9 @@
-"""Measurements of the GPU fast path (mevos.bench.fast): throughput, per-stage breakdown, host
+"""Measurements of the fast tracker (mevos.runtime.fast): throughput, per-stage breakdown, host
 synchronisations per frame, and its J&F against the fp32 baseline on DAVIS."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -11,12 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mevos.bench.endtoend import dense_affinity
-from mevos.bench.fast import STAGES, FastOptions, FastTracker
 from mevos.bench.measure import Meters, clock, summarize
 from mevos.model.network import MevosNet
 from mevos.runtime.backend import TorchBackend
-from mevos.runtime.tracker import Tracker, TrackerConfig
+from mevos.runtime.fast import STAGES, FastOptions, FastTracker
+from mevos.runtime.tracker import Tracker, TrackerConfig, track
 
 GOAL_FPS = 200.0
 JF_TOLERANCE = 0.005
@@ -30,9 +30,9 @@ def _warm(fast: FastTracker, frames: list[np.ndarray], first_mask: np.ndarray, w
     prev = fast.step(frames[0], masks=first_mask)
     for i in range(1, warmup):
         cur = fast.step(frames[i])
-        prev.labels()
+        prev.labels  # noqa: B018 - reading waits for the device
         prev = cur
-    prev.labels()
+    prev.labels  # noqa: B018
 
 
 def run_fast(model: MevosNet, config: TrackerConfig, frames: list[np.ndarray], first_mask: np.ndarray,
@@ -47,10 +47,10 @@ def run_fast(model: MevosNet, config: TrackerConfig, frames: list[np.ndarray], f
         for i in range(warmup, len(frames)):
             cur = fast.step(frames[i])
             if prev is not None:
-                prev.labels()
+                prev.labels  # noqa: B018 - reading waits for the device
             prev = cur
         if prev is not None:
-            prev.labels()
+            prev.labels  # noqa: B018 - reading waits for the device
         total = clock(device) - start
     timed = len(frames) - warmup
     return {"frames_warmup": warmup, "frames_timed": timed, "fps": timed / total,
@@ -71,15 +71,15 @@ def profile_fast(model: MevosNet, config: TrackerConfig, frames: list[np.ndarray
     for i in range(warmup, len(frames)):
         if n >= repeat:
             break
-        prof: dict[str, float] = {}
-        fast.step(frames[i], profile=prof).labels()
+        result = fast.step(frames[i], profile=True)
         for s in STAGES:
-            per_stage[s].append(prof.get(s, 0.0))
+            per_stage[s].append(result.stages.get(s, 0.0))
         n += 1
     syncs = _count_syncs(fast, frames[warmup:warmup + min(repeat, 10)]) if device.type == "cuda" else None
     return {"stages_ms": {s: summarize(v) for s, v in per_stage.items()},
             "frame_ms": float(sum(float(summarize(v)["median"]) for v in per_stage.values())),
-            "host_syncs_per_frame": syncs, "cuda_graphs": fast.graphs_active}
+            "host_syncs_per_frame": syncs, "cuda_graphs": fast.graphs_active,
+            "affinity_path": fast.memory.affinity_path(config.affinity) if fast.memory is not None else None}
 
 
 def _count_syncs(fast: FastTracker, frames: list[np.ndarray]) -> float | None:
@@ -93,7 +93,7 @@ def _count_syncs(fast: FastTracker, frames: list[np.ndarray]) -> float | None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     for r in results:
-        r.labels()
+        r.labels  # noqa: B018
     hits = [w for w in caught if "synchroniz" in str(w.message).lower()]
     return len(hits) / len(frames)
 
@@ -113,17 +113,10 @@ def jf_parity(model: MevosNet, config: TrackerConfig, davis: Path, sequences: tu
         frames = list(folder.frames(seq))
         first = folder.first_mask(seq)
         gt = np.stack(list(folder.masks(seq)))
-        tracker = Tracker(reference_backend, config)
-        with dense_affinity():
-            ref = np.stack([tracker.step(f, masks=first if i == 0 else None).labels for i, f in enumerate(frames)])
+        tracker = Tracker(reference_backend, dataclasses.replace(config, affinity_impl="dense"))
+        ref = np.stack([tracker.step(f, masks=first if i == 0 else None).labels for i, f in enumerate(frames)])
         fast = FastTracker(model, config, device=device, options=options)
-        out, prev = [], fast.step(frames[0], masks=first)
-        for f in frames[1:]:
-            cur = fast.step(f)
-            out.append(prev.labels())
-            prev = cur
-        out.append(prev.labels())
-        got = np.stack(out)
+        got = np.stack([result.labels for _, result in track(fast, frames, first)])
         ref_scores += evaluate_sequence(gt, ref, name=seq)
         fast_scores += evaluate_sequence(gt, got, name=seq)
         agree.append(float((ref == got).mean()))

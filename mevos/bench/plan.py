@@ -32,9 +32,9 @@ def parse_resolution(name: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of running the model. backend: a create_backend name, or 'fast' (the GPU fast
-    path); precision: the backend's; affinity: 'ops' (mevos.kernels.ops: fused kernel on CUDA
-    tensors, chunked reference elsewhere) or 'dense' (the materialised P x T*P affinity)."""
+    """One way of running the model. backend: a create_backend name, or 'fast' (the fast
+    tracker); precision: the backend's; affinity: TrackerConfig.affinity_impl ('auto': the fused
+    kernels on CUDA, the chunked reference elsewhere; 'dense': the materialised P x T*P affinity)."""
 
     name: str
     backend: str
@@ -47,13 +47,13 @@ class Variant:
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("baseline", "torch", "fp32", "dense",
             "the paper's code path: fp32 PyTorch, dense (materialised) affinity; every ratio divides by it"),
-    Variant("torch", "torch", "auto", "ops", "PyTorch backend (fp16 autocast on CUDA), kernels.ops affinity"),
-    Variant("onnxruntime", "onnxruntime", "auto", "ops", "ONNX Runtime (CPU or CUDA EP, fp32 graphs), kernels.ops"),
-    Variant("onnxruntime-trt", "onnxruntime-trt", "auto", "ops", "ONNX Runtime TensorRT EP (fp16), kernels.ops",
+    Variant("torch", "torch", "auto", "auto", "PyTorch backend (fp16 autocast on CUDA), affinity 'auto'"),
+    Variant("onnxruntime", "onnxruntime", "auto", "auto", "ONNX Runtime (CPU or CUDA EP, fp32 graphs), affinity 'auto'"),
+    Variant("onnxruntime-trt", "onnxruntime-trt", "auto", "auto", "ONNX Runtime TensorRT EP (fp16), affinity 'auto'",
             gpu_only=True),
-    Variant("tensorrt", "tensorrt", "auto", "ops", "native TensorRT engines (fp16), kernels.ops", gpu_only=True),
-    Variant("fast", "fast", "fp16", "ops",
-            "GPU fast path: fp16 throughout, fused kernels, CUDA graphs, pinned overlapped uploads", gpu_only=True),
+    Variant("tensorrt", "tensorrt", "auto", "auto", "native TensorRT engines (fp16), affinity 'auto'", gpu_only=True),
+    Variant("fast", "fast", "fp16", "auto",
+            "the fast tracker: fp16 throughout, fused kernels, CUDA graphs, pinned overlapped uploads", gpu_only=True),
 )}
 
 

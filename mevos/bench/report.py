@@ -94,7 +94,8 @@ def plot_stages(doc: dict[str, Any], path: Path) -> Path | None:
 
 def plot_fps(doc: dict[str, Any], path: Path) -> Path | None:
     """FPS against resolution per variant (solid: measured end to end with the Tracker; dashed:
-    1000 / sum of stage medians), one panel per (preset, objects, memory frames)."""
+    1000 / sum of stage medians), one panel per (preset, objects, memory frames); bars (hatched:
+    from the stages) where every series of a panel has one point."""
     res = doc["results"]
     e2e, stages = res["end_to_end"], res["stages"]
     if not e2e and not stages:
@@ -107,16 +108,28 @@ def plot_fps(doc: dict[str, Any], path: Path) -> Path | None:
     variants = sorted({r["variant"] for r in e2e + stages})
     colors = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
     for ax, (preset, objects, mem) in zip(axes.flat, configs):
-        shown: list[float] = []
+        series = []  # (label, colour, style, [(area, resolution, fps)])
         for v in variants:
             for data, key, style in ((e2e, "fps", "-o"), (stages, "fps_from_stages", "--x")):
                 pts = sorted(((math.prod(parse_resolution(r["resolution"])), r["resolution"], r[key]) for r in data
                               if r["variant"] == v and r["preset"] == preset and r["objects"] == objects
                               and r["mem_frames"] == mem and r.get(key)), key=lambda p: p[0])
                 if pts:
-                    shown += [p[2] for p in pts]
-                    ax.plot([p[1] for p in pts], [p[2] for p in pts], style, color=colors[v],
-                            label=f"{v} ({'e2e' if key == 'fps' else 'stages'})")
+                    series.append((f"{v} ({'e2e' if key == 'fps' else 'stages'})", colors[v], style, pts))
+        shown = [p[2] for s in series for p in s[3]]
+        if all(len(s[3]) == 1 for s in series):
+            # One point per series (e.g. --quick, one resolution): a line through one point shows
+            # nothing, so bars, one per series, labelled with their FPS.
+            for i, (label, colour, style, pts) in enumerate(series):
+                ax.bar(i, pts[0][2], color=colour, hatch="//" if style.startswith("--") else None,
+                       edgecolor="white", label=f"{label}, {pts[0][1]}")
+                ax.text(i, pts[0][2], f"{pts[0][2]:.2f}", ha="center", va="bottom", fontsize=6)
+            ax.set_xticks(range(len(series)), [s[0] for s in series], rotation=30, ha="right", fontsize=6)
+            ax.set_xlabel(f"variant ({series[0][3][0][1]})" if series else "variant")
+        else:
+            for label, colour, style, pts in series:
+                ax.plot([p[1] for p in pts], [p[2] for p in pts], style, color=colour, label=label)
+            ax.set_xlabel("resolution")
         ax.set_title(f"{preset}, {objects} object(s), {mem} memory frames", fontsize=9)
         if shown and max(shown) > 5 * min(shown):  # a log axis only where the FPS spans a wide range
             from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
@@ -127,7 +140,6 @@ def plot_fps(doc: dict[str, Any], path: Path) -> Path | None:
             ax.yaxis.set_minor_formatter(NullFormatter())
         else:
             ax.set_ylim(bottom=0, top=max(shown, default=1.0) * 1.15)
-        ax.set_xlabel("resolution")
         ax.set_ylabel("FPS")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)

@@ -3,6 +3,7 @@ serving and the GPU fast path, and returns the results document (see mevos.bench
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -16,12 +17,11 @@ from mevos.bench import environment, schema
 from mevos.bench.endtoend import run_tracker, warmup_frames
 from mevos.bench.measure import DevicePeak, HostPeak, Meters
 from mevos.bench.plan import VARIANTS, BenchPlan, Variant, parse_resolution
-from mevos.bench.stages import AffinityImpl, compose, frame_ms, readout_inputs, time_memory, time_network
+from mevos.bench.stages import compose, frame_ms, primed_tracker, time_frame
 from mevos.bench.workload import fill_memory, video
 from mevos.errors import MevosError
 from mevos.model.network import MevosNet
 from mevos.runtime.backend import Backend, create_backend
-from mevos.runtime.memory import AffinityConfig
 from mevos.runtime.tracker import TrackerConfig
 
 Log = Callable[[str], None]
@@ -66,12 +66,12 @@ class _Models:
         return str(path)
 
     def model(self, preset: str) -> MevosNet:
-        from mevos.runtime.weights import load_default_model
+        from mevos.model.weights import load_default_model
 
         return load_default_model(self.path(preset))[0]
 
     def describe(self, preset: str) -> str:
-        from mevos.runtime.weights import describe_weights
+        from mevos.model.weights import describe_weights
 
         if self.checkpoint is None and preset != "small":
             return f"seeded untrained {preset} weights (speed does not depend on the weights)"
@@ -105,7 +105,7 @@ class Runner:
                 self._skip(name, preset, "needs a CUDA GPU")
                 continue
             if v.backend == "fast":
-                from mevos.bench.fast import cuda_unavailable
+                from mevos.runtime.fast import cuda_unavailable
 
                 reason = cuda_unavailable()
                 if reason:
@@ -155,11 +155,8 @@ class Runner:
 
     def stages(self, preset: str, backends: dict[str, Backend | str]) -> list[dict[str, Any]]:
         plan, dev = self.plan, self.device
-        affinity = AffinityConfig()
         filler = self._filler(preset, backends)
         rows: list[dict[str, Any]] = []
-        net_cache: dict[tuple[Any, ...], tuple[dict[str, list[float]], dict[str, Any]]] = {}
-        mem_cache: dict[tuple[Any, ...], tuple[dict[str, list[float]], str, dict[str, Any]]] = {}
         for (res, objects), mems in plan.stage_configs().items():
             h, w = parse_resolution(res)
             t_max = 1 + max(mems)
@@ -167,9 +164,6 @@ class Runner:
             t = time.perf_counter()
             memory = fill_memory(filler, clip, t_max)
             frame = clip.frames[t_max]  # a frame not in the memory
-            with torch.inference_mode():
-                key0, _, _ = filler.encode_key(memory.geometry.image(frame, dev))
-                readout, coarse = readout_inputs(key0[0].reshape(key0.shape[1], -1).t(), memory, objects, affinity)
             self.log(f"{preset} {res} O={objects}: memory of {t_max} frames encoded in "
                      f"{time.perf_counter() - t:.1f} s")
             for name, backend in backends.items():
@@ -178,29 +172,18 @@ class Runner:
                     rows += self._fast_stages(preset, v, res, objects, mems)
                     continue
                 assert isinstance(backend, Backend)
-                nkey = (id(backend), res, objects)
-                if nkey not in net_cache:
-                    with Meters(dev) as m:
-                        net = time_network(backend, frame, memory.geometry, readout, coarse, plan.refine_rounds,
-                                           plan.warmup, plan.repeat, plan.budget_s)
-                    net_cache[nkey] = (net, m.memory())
-                net, net_mem = net_cache[nkey]
-                with torch.inference_mode():
-                    key, _, _ = backend.encode_key(memory.geometry.image(frame, dev))
-                query = key[0].reshape(key.shape[1], -1).t()
                 for mem in mems:
-                    mkey = (v.affinity, query.dtype, res, objects, mem)
-                    if mkey not in mem_cache:
-                        with Meters(dev) as m:
-                            times, path = time_memory(AffinityImpl(v.affinity), query, memory, 1 + mem, affinity,
-                                                      plan.warmup, plan.repeat, plan.budget_s)
-                        mem_cache[mkey] = (times, path, m.memory())
-                    times, path, mem_mem = mem_cache[mkey]
-                    stages = compose(net, times)
+                    # At the frame's own resolution (no max_short_side): the row's resolution is the work done.
+                    cfg = TrackerConfig(mem_frames=mem, refine_rounds=plan.refine_rounds, max_short_side=None,
+                                        affinity_impl=v.affinity)
+                    with Meters(dev) as m:
+                        tracker = primed_tracker(backend, cfg, clip.frames[0], clip.labels[0], memory, 1 + mem)
+                        times, path = time_frame(tracker, frame, plan.warmup, plan.repeat, plan.budget_s)
+                    del tracker
+                    stages = compose(times)
                     total = frame_ms(stages)
                     row = {**self._row(preset, v, res, objects, mem), "affinity_path": path, "stages_ms": stages,
-                           "frame_ms": total, "fps_from_stages": 1e3 / total if total > 0 else None,
-                           **_max_memory(net_mem, mem_mem)}
+                           "frame_ms": total, "fps_from_stages": 1e3 / total if total > 0 else None, **m.memory()}
                     rows.append(row)
                     self.log(f"stages {name:16s} {preset} {res} O={objects} T={mem}: {total:8.1f} ms/frame "
                              f"(affinity {stages['affinity_topk']['median']:.1f} ms, {path})")
@@ -216,12 +199,12 @@ class Runner:
             warm = warmup_frames(mem)
             h, w = parse_resolution(res)
             frames_clip = video(h, w, objects, warm + self.plan.repeat + 10)
-            cfg = TrackerConfig(mem_frames=mem, refine_rounds=self.plan.refine_rounds)
+            cfg = TrackerConfig(mem_frames=mem, refine_rounds=self.plan.refine_rounds, max_short_side=None)
             with Meters(self.device) as m:
                 prof = profile_fast(model, cfg, frames_clip.frames, frames_clip.labels[0], warm, self.plan.repeat,
                                     self.device)
             total = prof["frame_ms"]
-            rows.append({**self._row(preset, v, res, objects, mem), "affinity_path": "fused CUDA kernel (ops)",
+            rows.append({**self._row(preset, v, res, objects, mem), "affinity_path": prof["affinity_path"],
                          "stages_ms": prof["stages_ms"], "frame_ms": total,
                          "fps_from_stages": 1e3 / total if total > 0 else None,
                          "host_syncs_per_frame": prof["host_syncs_per_frame"], "cuda_graphs": prof["cuda_graphs"],
@@ -241,14 +224,14 @@ class Runner:
                     cfg = TrackerConfig(mem_frames=mem, refine_rounds=plan.refine_rounds)
                     for name, backend in backends.items():
                         v = VARIANTS[name]
+                        cfg = dataclasses.replace(cfg, affinity_impl=v.affinity)
                         if backend == "fast":
                             from mevos.bench.fastbench import run_fast
 
                             r = run_fast(self.models.model(preset), cfg, clip.frames, clip.labels[0], warm, self.device)
                         else:
                             assert isinstance(backend, Backend)
-                            r = run_tracker(backend, cfg, clip.frames, clip.labels[0], warm,
-                                            dense=v.affinity == "dense")
+                            r = run_tracker(backend, cfg, clip.frames, clip.labels[0], warm)
                         rows.append({**self._row(preset, v, res, objects, mem), **r})
                         self.log(f"e2e    {name:16s} {preset} {res} O={objects} T={mem}: {r['fps']:8.2f} FPS")
         return rows
@@ -284,7 +267,7 @@ class Runner:
 
     def fast_path(self) -> dict[str, Any]:
         """The fast path at the goal configuration, per preset, with the ablations and the J&F check."""
-        from mevos.bench.fast import FastOptions, cuda_unavailable
+        from mevos.runtime.fast import FastOptions, cuda_unavailable
 
         plan = self.plan
         if cuda_unavailable():
@@ -297,21 +280,23 @@ class Runner:
         h, w = parse_resolution(plan.fast_resolution)
         mem = plan.fast_mem_frames
         warm = warmup_frames(mem)
-        cfg = TrackerConfig(mem_frames=mem, refine_rounds=plan.refine_rounds)
+        cfg = TrackerConfig(mem_frames=mem, refine_rounds=plan.refine_rounds, max_short_side=None)
         clip = video(h, w, plan.fast_objects, warm + plan.fast_frames)
         out: dict[str, Any] = {"status": "ok", "resolution": plan.fast_resolution, "objects": plan.fast_objects,
                                "mem_frames": mem, "refine_rounds": plan.refine_rounds, "goal_fps": GOAL_FPS,
                                "presets": {}}
-        ablations = {"all on": FastOptions(), "fp32": FastOptions(fp16=False), "no CUDA graphs":
-                     FastOptions(cuda_graphs=False), "reference ops (no fused kernel)": FastOptions(fused=False),
-                     "pageable uploads": FastOptions(pinned_uploads=False)}
+        reference = dataclasses.replace(cfg, affinity_impl="reference")
+        ablations = {"all on": (FastOptions(), cfg), "fp32": (FastOptions(fp16=False), cfg),
+                     "no CUDA graphs": (FastOptions(cuda_graphs=False), cfg),
+                     "reference ops (no fused kernel)": (FastOptions(), reference),
+                     "pageable uploads": (FastOptions(pinned_uploads=False), cfg)}
         for preset in plan.fast_presets:
             model = self.models.model(preset)
             entry: dict[str, Any] = {"weights": self.models.describe(preset)}
-            for label, options in ablations.items():
+            for label, (options, config) in ablations.items():
                 frames = clip.frames if label == "all on" else clip.frames[: warm + min(plan.fast_frames, 60)]
                 try:
-                    entry[label] = run_fast(model, cfg, frames, clip.labels[0], warm, self.device, options)
+                    entry[label] = run_fast(model, config, frames, clip.labels[0], warm, self.device, options)
                 except _UNAVAILABLE as exc:
                     entry[label] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 self.log(f"fast   {preset} {label}: {entry[label].get('fps', float('nan')):.1f} FPS")
@@ -350,8 +335,9 @@ class Runner:
             "methods": {
                 "timing": "time.perf_counter after torch.cuda.synchronize (CUDA) around each stage / frame; "
                           "warm-up iterations run first and are not recorded; statistics over the timed ones",
-                "stages": "network stages per (backend, precision, resolution, objects) and memory stages per "
-                          "(affinity, resolution, objects, memory frames) measured apart; frame_ms = sum of medians",
+                "stages": "Tracker.step (the fast tracker's step for 'fast') timed through the runtime's profiling "
+                          "hook, on a tracker whose memory holds 1 + mem_frames frames, at the frame's own "
+                          "resolution; frame_ms = sum of the stage medians",
                 "end_to_end": "real Tracker over the synthetic video; warm-up = mem_frames + 2 frames (memory full)",
                 "baseline": "speedup_vs_baseline = baseline figure / this figure (FPS: this / baseline), "
                             "same preset, resolution, objects and memory frames",

@@ -8,12 +8,12 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mevos.data.synthetic import SyntheticConfig, SyntheticVideo, generate
+from mevos.runtime import propagate as stages
 from mevos.runtime.backend import Backend
-from mevos.runtime.geometry import STRIDE, Geometry
+from mevos.runtime.geometry import Geometry
 
 
 @lru_cache(maxsize=8)
@@ -42,8 +42,8 @@ class FilledMemory:
 
 @torch.inference_mode()
 def fill_memory(backend: Backend, clip: SyntheticVideo, frames: int) -> FilledMemory:
-    """Encode `frames` distinct frames of the clip (keys by E, values by V from each frame's exact
-    masks, masks pooled to stride 8) into a memory like the tracker's after that many frames."""
+    """Encode `frames` distinct frames of the clip (keys by E, the memory entry of each frame's
+    exact masks: runtime.propagate) into a memory like the tracker's after that many frames."""
     h0, w0 = clip.frames[0].shape[:2]
     geo = Geometry.for_size((h0, w0), None)
     dev = backend.device
@@ -54,11 +54,10 @@ def fill_memory(backend: Backend, clip: SyntheticVideo, frames: int) -> FilledMe
         image = geo.image(clip.frames[i], dev)
         key, _, _ = backend.encode_key(image)
         onehot = geo.masks(torch.as_tensor(clip.labels[i]).to(dev, torch.int64), ids)  # O x 1 x H x W
-        value = backend.encode_value(image, onehot)  # O x Cv x h x w
-        p = key.shape[2] * key.shape[3]
-        keys.append(key[0].reshape(key.shape[1], p).t().float())
-        values.append(value.reshape(len(ids), -1, p).permute(2, 0, 1).reshape(p, -1).float())
-        masks.append(F.avg_pool2d(onehot, STRIDE)[:, 0].reshape(len(ids), p).t().float())
+        value, small = stages.memory_entry(backend, image, onehot[:, 0])  # P x O x Cv, P x O
+        keys.append(stages.query_of(key).float())
+        values.append(value.reshape(value.shape[0], -1).float())
+        masks.append(small.float())
     pinned = torch.zeros(frames, dtype=torch.bool)
     pinned[0] = True
     return FilledMemory(torch.stack(keys).contiguous(), torch.stack(values).contiguous(),

@@ -66,14 +66,15 @@ def _profile(args: argparse.Namespace):  # noqa: ANN202
 
 
 def check_parity(folder: Path, size: tuple[int, int] = (120, 200), objects: int = 2) -> dict[str, float]:
-    """Max |ONNX Runtime - torch| per graph on random inputs (fp32, CPU)."""
+    """Max |ONNX Runtime - torch| per graph on random inputs (fp32, CPU), through plain
+    ONNX Runtime sessions (export does not use the runtime package)."""
     import torch
 
-    from mevos.export.graphs import graph_specs
+    from mevos.errors import require
     from mevos.export.manifest import load_onnx_export
     from mevos.model.checkpoint import load_checkpoint
-    from mevos.runtime.onnxruntime_backend import OnnxRuntimeBackend
-    from mevos.runtime.weights import load_default_model
+    from mevos.model.graphs import graph_specs
+    from mevos.model.weights import load_default_model
 
     export = load_onnx_export(folder)
     ckpt = export.manifest.get("checkpoint")
@@ -83,7 +84,7 @@ def check_parity(folder: Path, size: tuple[int, int] = (120, 200), objects: int 
         model = load_default_model(None)[0]
     else:
         return {}  # the checkpoint moved away since: nothing to compare with
-    ort = OnnxRuntimeBackend(export)
+    ort = require("onnxruntime", "onnx", "the parity check of an ONNX export")
     specs = graph_specs(export.config)
     gen = torch.Generator().manual_seed(1)
     diffs = {}
@@ -92,8 +93,9 @@ def check_parity(folder: Path, size: tuple[int, int] = (120, 200), objects: int 
             inputs = [torch.rand(s, generator=gen) for s in spec.input_shapes(*size, objects).values()]
             ref = getattr(model, name)(*inputs)
             ref = ref if isinstance(ref, tuple) else (ref,)
-            got = getattr(ort, name)(*inputs)
-            got = got if isinstance(got, tuple) else (got,)
+            session = ort.InferenceSession(str(export.paths[name]), providers=["CPUExecutionProvider"])
+            feeds = {k: v.numpy() for k, v in zip(spec.input_names, inputs, strict=True)}
+            got = tuple(torch.from_numpy(o) for o in session.run(spec.output_names, feeds))
             diffs[name] = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
     return diffs
 
@@ -101,7 +103,7 @@ def check_parity(folder: Path, size: tuple[int, int] = (120, 200), objects: int 
 def run(args: argparse.Namespace) -> int:
     from mevos.export.manifest import ONNX_MANIFEST, load_onnx_export
     from mevos.export.onnx import export_onnx
-    from mevos.runtime.weights import describe_weights, load_default_model
+    from mevos.model.weights import describe_weights, load_default_model
 
     out = Path(args.out)
     trt = args.format == "tensorrt"

@@ -22,7 +22,7 @@ from typing import Any
 
 from mevos.atomic import write_bytes_atomic
 from mevos.errors import InputError
-from mevos.export.graphs import GRAPH_NAMES, STRIDE, check_resolution
+from mevos.model.graphs import GRAPH_NAMES, STRIDE, check_resolution
 from mevos.model.config import ModelConfig
 
 ONNX_MANIFEST = "manifest.json"

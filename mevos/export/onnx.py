@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from mevos import __version__
 from mevos.errors import InputError, MevosError, require
-from mevos.export.graphs import GRAPH_NAMES, GraphSpec, StageModule, graph_specs
 from mevos.export.manifest import (
     FORMAT,
     ONNX_MANIFEST,
@@ -33,6 +33,7 @@ from mevos.export.manifest import (
     sha256_file,
     write_json_atomic,
 )
+from mevos.model.graphs import GRAPH_NAMES, GraphSpec, graph_specs
 from mevos.model.network import MevosNet
 
 DEFAULT_OPSET = 17
@@ -40,6 +41,20 @@ DEFAULT_OPSET = 17
 #: so that a dimension the tracer fixed by mistake shows up as a runtime shape error.
 TRACE_SIZE = (72, 104)
 TRACE_OBJECTS = 3
+
+
+class StageModule(nn.Module):
+    """One stage method of a MevosNet as a module with a plain forward, for torch.onnx.export."""
+
+    def __init__(self, model: MevosNet, stage: str) -> None:
+        super().__init__()
+        if stage not in GRAPH_NAMES:
+            raise ValueError(stage)
+        self.model = model
+        self.stage = stage
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        return getattr(self.model, self.stage)(*inputs)
 
 
 def _example_inputs(spec: GraphSpec, height: int, width: int, objects: int) -> tuple[torch.Tensor, ...]:
@@ -205,7 +220,7 @@ def cached_export(checkpoint: str | os.PathLike[str] | None, opset: int = DEFAUL
     """The ONNX export of a checkpoint (None: the default weights) from the cache, exporting it
     first when absent or damaged. Keyed by the checkpoint's sha256; safe against concurrent callers."""
     from mevos.env import cache_dir
-    from mevos.runtime.weights import load_default_model
+    from mevos.model.weights import load_default_model
 
     if checkpoint is not None:
         digest = sha256_file(checkpoint)

@@ -21,7 +21,7 @@ import torch
 from mevos import __version__
 from mevos.atomic import write_bytes_atomic
 from mevos.errors import InputError, MevosError, MissingExtraError, UsageError
-from mevos.export.graphs import GRAPH_NAMES, GraphSpec, graph_specs
+from mevos.model.graphs import GRAPH_NAMES, GraphSpec, graph_specs
 from mevos.export.manifest import (
     ENGINE_MANIFEST,
     FORMAT,

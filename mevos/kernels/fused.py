@@ -6,11 +6,16 @@ back to the reference. Covered: fp16/bf16/fp32 keys (query and memory of one dty
 multiple of 16 up to 256, k <= 32, fewer than 2**31 memory positions; readout of fp16/bf16/fp32
 memory. Non-contiguous or misaligned inputs are copied first (a defined result, never a wrong
 one). Each op reads one device flag back at the end (one host sync, as the reference does) to
-raise on NaN/inf scores or out-of-range indices instead of returning garbage.
+raise on NaN/inf scores or out-of-range indices instead of returning garbage, unless the caller
+passes its own `error_flag` (an int32 CUDA tensor the kernels OR into): then nothing waits for the
+device and the caller reads the flag once, when it next synchronises (the fast tracker: once per
+frame, with the frame's labels). Launch plans (grid, splits, occupancy) are cached per shape;
+the pinned-frame flags are a kernel argument, so a call uploads nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -21,15 +26,23 @@ from mevos.errors import MevosError, UsageError
 from mevos.kernels import nvrtc
 from mevos.kernels.reference import _check_affinity_args, _check_chunk_size, check_readout_args
 
-__all__ = ["Unsupported", "MAX_K", "topk_affinity", "readout"]
+__all__ = ["Unsupported", "MAX_K", "MAX_FLAGGED_FRAMES", "NONFINITE", "topk_affinity", "readout", "error_message"]
 
 MAX_K = 32  # one warp holds a query's top-k list, one slot per lane
 MAX_KEY_DIM = 256
+MAX_FLAGGED_FRAMES = 128  # the pinned flags are a 128-bit kernel argument
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 # Must match topk_affinity.cu: query block = WARPS grid rows x QW columns; 128 threads.
 _QUERY_ROWS, _QUERY_COLS, _THREADS = 4, 16, 128
 _INT32_LIMIT = 2**31 - 2**20  # headroom for index arithmetic on cells just past the grid edge
 _NONFINITE = "affinity scores are not finite: query or memory holds NaN/inf, or values too large for the temperature"
+NONFINITE = _NONFINITE
+
+
+def error_message(what: str = "") -> str:
+    """The error an `error_flag` set by the kernels stands for (non-finite scores or readout
+    indices out of range; the flag does not say which)."""
+    return (f"the fused kernels flagged an error{what}: {_NONFINITE}; or readout indices out of range")
 
 
 class Unsupported(MevosError):
@@ -80,8 +93,28 @@ def _resident_ctas(kernel: object, device_index: int) -> int:
     return max(1, per_sm) * sms
 
 
-def topk_unsupported(query: Tensor, memory: Tensor, k: int) -> str | None:
+@functools.lru_cache(maxsize=256)
+def _topk_plan(device_index: int, h: int, w: int, T: int, C: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(query blocks, splits) of a top-k launch, cached per device and shape (the occupancy
+    query behind it costs driver calls)."""
+    query_blocks = math.ceil(h / _QUERY_ROWS) * math.ceil(w / _QUERY_COLS)
+    cells = _tile_cells(C, dtype)
+    tiles = T * math.ceil(h / (cells // 16)) * math.ceil(w / 16)
+    partial = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_partial", {"KEY_DIM": C, "KEY_TYPE": _DTYPE_CODE[dtype]},
+                               device_index)
+    return query_blocks, _num_splits(query_blocks, tiles, _resident_ctas(partial, device_index))
+
+
+def _pinned_mask(flags: list[bool]) -> tuple[int, int]:
+    """The pinned flags as the kernel's two 64-bit words (bit f = frame f)."""
+    bits = sum(1 << f for f, pinned in enumerate(flags[:MAX_FLAGGED_FRAMES]) if pinned)
+    return bits & (2**64 - 1), bits >> 64
+
+
+def topk_unsupported(query: Tensor, memory: Tensor, k: int, radius: int | None = None) -> str | None:
     """Why the fused kernel cannot serve this (validated) call, or None when it can."""
+    if radius is not None and memory.shape[0] > MAX_FLAGGED_FRAMES:
+        return f"more than {MAX_FLAGGED_FRAMES} memory frames with a locality radius"
     if not (query.is_cuda and memory.is_cuda):
         return "the tensors are not on a CUDA device"
     if query.dtype != memory.dtype:
@@ -108,16 +141,19 @@ def topk_affinity(
     pinned: Tensor | None = None,
     radius: int | None = None,
     chunk_size: int = 1024,
+    error_flag: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """mevos.kernels.reference.topk_affinity on the GPU (chunk_size is validated, then unused).
 
     query: P x C, memory: T x P x C, CUDA, fp16/bf16/fp32. Returns (weights P x k float32,
     indices P x k int64). Extra memory: splits x P x k partial lists (a few MB), nothing of
     size P x T*P. Raises UsageError like the reference, Unsupported outside the kernel's cover.
+    error_flag: int32 CUDA tensor (1,) the kernels OR an error into instead of this call reading
+    its own flag (no host synchronisation: the caller reads it; see error_message).
     """
     flags = _check_affinity_args(query, memory, k, temperature, grid, pinned, radius)
     _check_chunk_size(chunk_size)
-    why = topk_unsupported(query, memory, k)
+    why = topk_unsupported(query, memory, k, radius)
     if why:
         raise Unsupported(f"fused top-k affinity does not support {why}")
     h, w = grid
@@ -127,26 +163,24 @@ def topk_affinity(
     device = query.device
     index = _device_index(query)
     q, m = _aligned(query), _aligned(memory)
-    pinned_dev = torch.tensor(flags, dtype=torch.uint8, device=device)
+    pinned_lo, pinned_hi = _pinned_mask(flags)
 
-    query_blocks = math.ceil(h / _QUERY_ROWS) * math.ceil(w / _QUERY_COLS)
-    cells = _tile_cells(C, q.dtype)
-    tiles = T * math.ceil(h / (cells // 16)) * math.ceil(w / 16)
     defines = {"KEY_DIM": C, "KEY_TYPE": _DTYPE_CODE[q.dtype]}
     with torch.cuda.device(index):
         partial = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_partial", defines, index)
         merge = nvrtc.get_kernel("topk_affinity.cu", "mevos_topk_merge", defines, index)
-    splits = _num_splits(query_blocks, tiles, _resident_ctas(partial, index))
+        query_blocks, splits = _topk_plan(index, h, w, T, C, q.dtype)
     part_s = torch.empty(splits, P, k, dtype=torch.float32, device=device)
     part_i = torch.empty(splits, P, k, dtype=torch.int32, device=device)
     weights = torch.empty(P, k, dtype=torch.float32, device=device)
     indices = torch.empty(P, k, dtype=torch.int64, device=device)
-    flag = torch.zeros(1, dtype=torch.int32, device=device)
+    flag = error_flag if error_flag is not None else torch.zeros(1, dtype=torch.int32, device=device)
 
     with torch.cuda.device(index):
         nvrtc.launch(
             partial, index, (query_blocks, splits, 1), _THREADS,
-            q.data_ptr(), m.data_ptr(), pinned_dev.data_ptr(), part_s.data_ptr(), part_i.data_ptr(), flag.data_ptr(),
+            q.data_ptr(), m.data_ptr(), np.uint64(pinned_lo), np.uint64(pinned_hi), part_s.data_ptr(),
+            part_i.data_ptr(), flag.data_ptr(),
             np.int32(h), np.int32(w), np.int32(T), np.int32(k), np.int32(-1 if radius is None else radius),
         )  # fmt: skip
         warps = _THREADS // 32
@@ -155,7 +189,7 @@ def topk_affinity(
             part_s.data_ptr(), part_i.data_ptr(), weights.data_ptr(), indices.data_ptr(), flag.data_ptr(),
             np.int32(P), np.int32(splits), np.int32(k), np.float32(temperature),
         )  # fmt: skip
-    if bool(flag.item()):
+    if error_flag is None and bool(flag.item()):
         raise UsageError(_NONFINITE)
     return weights, indices
 
@@ -171,9 +205,11 @@ def readout_unsupported(memory: Tensor, weights: Tensor) -> str | None:
     return None
 
 
-def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024) -> Tensor:
+def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024,
+            error_flag: Tensor | None = None) -> Tensor:
     """mevos.kernels.reference.readout on the GPU: weights P x k (float), indices P x k int64
-    (-1 = empty), memory M x C (fp16/bf16/fp32) -> P x C float32. chunk_size: validated, unused."""
+    (-1 = empty), memory M x C (fp16/bf16/fp32) -> P x C float32. chunk_size: validated, unused.
+    error_flag: as topk_affinity's (an out-of-range index sets it; nothing waits for the device)."""
     check_readout_args(weights, indices, memory, chunk_size)
     why = readout_unsupported(memory, weights)
     if why:
@@ -188,7 +224,7 @@ def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int
     idx = indices.contiguous()
     mem = _aligned(memory)
     out = torch.empty(P, C, dtype=torch.float32, device=device)
-    flag = torch.zeros(1, dtype=torch.int32, device=device)
+    flag = error_flag if error_flag is not None else torch.zeros(1, dtype=torch.int32, device=device)
     with torch.cuda.device(index):
         kernel = nvrtc.get_kernel("readout.cu", "mevos_readout", {"VALUE_TYPE": _DTYPE_CODE[mem.dtype]}, index)
         nvrtc.launch(
@@ -196,6 +232,6 @@ def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int
             wts.data_ptr(), idx.data_ptr(), mem.data_ptr(), out.data_ptr(), flag.data_ptr(),
             np.int32(P), np.int32(k), np.int64(M), np.int32(C),
         )  # fmt: skip
-    if bool(flag.item()):
+    if error_flag is None and bool(flag.item()):
         raise UsageError(f"indices must lie in [-1, {M - 1}] for a memory of {M} rows")
     return out

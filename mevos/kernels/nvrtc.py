@@ -170,11 +170,20 @@ def get_kernel(source: str, entry: str, defines: dict[str, int], device_index: i
 
 def launch(kernel: Any, device_index: int, grid: tuple[int, ...], block: int, *args: Any) -> None:
     """Launch on torch's current stream of the device. Pointers are Python ints (data_ptr()),
-    scalars numpy scalars of the kernel's C types (np.int32, np.float32, np.int64)."""
+    scalars numpy scalars of the kernel's C types (np.int32, np.float32, np.int64, np.uint64).
+
+    A failure of cuda.core (binding the context, wrapping the stream, the launch itself) is one
+    KernelUnavailable naming the kernel, on which mevos.kernels.ops turns the kernels off and
+    answers with the reference."""
     import torch
 
     cc = core()
-    _bind(device_index)
-    handle = torch.cuda.current_stream(device_index).cuda_stream
-    stream = cc.LEGACY_DEFAULT_STREAM if handle == 0 else cc.Stream.from_handle(handle)
-    cc.launch(stream, cc.LaunchConfig(grid=grid, block=block), kernel, *args)
+    try:
+        _bind(device_index)
+        handle = torch.cuda.current_stream(device_index).cuda_stream
+        stream = cc.LEGACY_DEFAULT_STREAM if handle == 0 else cc.Stream.from_handle(handle)
+        cc.launch(stream, cc.LaunchConfig(grid=grid, block=block), kernel, *args)
+    except Exception as exc:
+        name = getattr(kernel, "name", None) or type(kernel).__name__
+        raise KernelUnavailable(f"cannot launch {name} on cuda:{device_index} (grid {grid}, block {block}): "
+                                f"{type(exc).__name__}: {exc}") from exc

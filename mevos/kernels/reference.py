@@ -1,4 +1,4 @@
-"""Pure-PyTorch propagation math: top-k affinity over the memory, readout, soft aggregation.
+"""Pure-PyTorch propagation ops: top-k affinity over the memory and readout.
 
 This is the oracle the fused CUDA kernels must match, and the path that runs everywhere else.
 Layout is position-major: a frame's feature grid has h x w cells, P = h*w positions in row-major
@@ -16,8 +16,6 @@ candidate (a locality window smaller than k) get index -1 and weight 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
@@ -27,9 +25,6 @@ __all__ = [
     "topk_affinity",
     "dense_topk_affinity",
     "readout",
-    "propagate",
-    "soft_aggregate",
-    "labels_from_probs",
 ]
 
 _NEG_INF = float("-inf")
@@ -315,98 +310,3 @@ def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int
         rows = memory.index_select(0, idx.masked_fill(empty, 0).reshape(-1)).float().view(q1 - q0, k, C)
         out[q0:q1] = torch.bmm(wts.unsqueeze(1), rows).squeeze(1)
     return out
-
-
-def propagate(
-    query: Tensor,
-    memory_keys: Tensor,
-    memory_values: Tensor,
-    memory_masks: Tensor,
-    *,
-    k: int,
-    temperature: float,
-    grid: tuple[int, int],
-    pinned: Tensor | None = None,
-    radius: int | None = None,
-    chunk_size: int = 1024,
-) -> tuple[Tensor, Tensor]:
-    """One affinity, two readouts (Algorithm 1: V_q = A^T V_r, Y = A^T Y_r).
-
-    query: P x C keys; memory_keys: T x P x C; memory_values: T x P x Cv (objects' values
-    concatenated); memory_masks: T x P x O. Returns (values P x Cv, masks P x O), float32.
-    Two readouts instead of one over a concatenation: no copy of the whole memory is made.
-    """
-    weights, indices = topk_affinity(
-        query, memory_keys, k=k, temperature=temperature, grid=grid, pinned=pinned, radius=radius, chunk_size=chunk_size
-    )
-    T, P = memory_keys.shape[:2]
-    for name, t in (("memory_values", memory_values), ("memory_masks", memory_masks)):
-        if not isinstance(t, Tensor) or t.ndim != 3 or tuple(t.shape[:2]) != (T, P):
-            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise UsageError(f"{name} must be {T} x {P} x channels like memory_keys, got {shape}")
-    # reshape only copies a non-contiguous memory; the common contiguous one is a view.
-    values = readout(weights, indices, memory_values.reshape(T * P, -1), chunk_size=chunk_size)
-    masks = readout(weights, indices, memory_masks.reshape(T * P, -1), chunk_size=chunk_size)
-    return values, masks
-
-
-# --------------------------------------------------------------------------------------------
-# Objects
-
-
-def soft_aggregate(probs: Tensor) -> Tensor:
-    """Merge independent per-object probabilities into one distribution (STM's soft aggregation).
-
-    probs: O x H x W, each object's foreground probability. Returns (O+1) x H x W float32 summing
-    to 1 over dim 0, background at index 0: background = prod(1 - p_i); all O+1 channels are
-    clamped to [1e-7, 1-1e-7], turned into odds p/(1-p) and normalised. O = 0 gives all background.
-    """
-    if not isinstance(probs, Tensor) or probs.ndim != 3 or not probs.dtype.is_floating_point:
-        raise UsageError(f"probs must be a floating O x H x W tensor, got {getattr(probs, 'shape', type(probs))}")
-    p = probs.float()
-    background = (1 - p).prod(dim=0, keepdim=True)  # empty product = 1 when O = 0
-    p = torch.cat((background, p), dim=0).clamp(1e-7, 1 - 1e-7)
-    odds = p / (1 - p)
-    return odds / odds.sum(dim=0, keepdim=True)
-
-
-def with_background(aggregated: Tensor) -> Tensor:
-    """The (O+1) x H x W distribution of probabilities that are already soft-aggregated.
-
-    aggregated: O x H x W, the object channels of soft_aggregate's output (what a refinement round
-    leaves). Returns (O+1) x H x W float32 with background 1 - sum at index 0: equal to the
-    soft_aggregate output they came from, without aggregating (and sharpening) a second time.
-    """
-    if not isinstance(aggregated, Tensor) or aggregated.ndim != 3 or not aggregated.dtype.is_floating_point:
-        raise UsageError(f"aggregated must be a floating O x H x W tensor, got {getattr(aggregated, 'shape', type(aggregated))}")
-    p = aggregated.float()
-    return torch.cat(((1 - p.sum(dim=0, keepdim=True)).clamp_min(0), p), dim=0)
-
-
-def label_masks(probs_with_bg: Tensor) -> Tensor:
-    """The label map of a distribution as one binary mask per object.
-
-    probs_with_bg: (O+1) x H x W, background at index 0 -> O x H x W bool, True where the object
-    wins the argmax (the first channel wins ties). No F.one_hot: it checks its input on the host,
-    which a CUDA graph cannot hold.
-    """
-    channels = torch.arange(probs_with_bg.shape[0], device=probs_with_bg.device).view(-1, 1, 1)
-    return (probs_with_bg.argmax(dim=0, keepdim=True) == channels)[1:]
-
-
-def labels_from_probs(probs_with_bg: Tensor, object_ids: Sequence[int]) -> Tensor:
-    """Label map from soft_aggregate's output.
-
-    probs_with_bg: (O+1) x H x W, background at index 0; object_ids: O distinct ids >= 1, the
-    label of channel i+1. Returns H x W int64: 0 for background, else the winning object's id
-    (the first channel wins ties).
-    """
-    if not isinstance(probs_with_bg, Tensor) or probs_with_bg.ndim != 3 or probs_with_bg.shape[0] < 1:
-        raise UsageError("probs_with_bg must be an (O+1) x H x W tensor with the background at index 0")
-    ids = list(object_ids)
-    if len(ids) != probs_with_bg.shape[0] - 1:
-        raise UsageError(f"{len(ids)} object ids given for {probs_with_bg.shape[0] - 1} object channels")
-    if not all(_is_int(i) and i >= 1 for i in ids) or len(set(ids)) != len(ids):
-        raise UsageError(f"object ids must be distinct ints >= 1 (0 is the background), got {ids}")
-    lut = torch.tensor([0, *ids], dtype=torch.int64, device=probs_with_bg.device)
-    return lut[probs_with_bg.argmax(dim=0)]

@@ -163,33 +163,83 @@ __device__ __forceinline__ void tile_scores(float (&acc)[NT][4], const afrag_t (
 
 // ---- memory tiles -----------------------------------------------------------------------
 
-struct TileGeom {
-    int tiles_x, tiles_per_frame;
-    // The CTA's query rectangle (clipped to the grid), for skipping tiles outside the radius.
-    int qy_first, qy_last, qx_first, qx_last;
+// Pinned-frame flags travel as a kernel argument (a 128-bit mask: no device buffer to upload,
+// so no host synchronisation per call); fused.py refuses T > MAX_FLAGGED_FRAMES with a radius.
+struct PinnedMask {
+    unsigned long long lo, hi;
 };
 
-__device__ __forceinline__ void tile_origin(long long tile, const TileGeom& tg, int& f, int& y0, int& x0) {
-    f = (int)(tile / tg.tiles_per_frame);
-    const int rem = (int)(tile - (long long)f * tg.tiles_per_frame);
-    y0 = (rem / tg.tiles_x) * TILE_H;
-    x0 = (rem % tg.tiles_x) * TILE_W;
+__device__ __forceinline__ bool frame_pinned(const PinnedMask& pm, int f) {
+    return f < 64 ? ((pm.lo >> f) & 1ull) : f < 128 ? ((pm.hi >> (f - 64)) & 1ull) : true;
 }
 
-// The first tile at or after `tile` (stepping by `step`) that holds a candidate for any query of
-// the CTA: every tile of a pinned frame (or with no radius); for the other frames, tiles whose
-// rectangle comes within `radius` cells of the query rectangle in both y and x.
-__device__ long long next_tile(long long tile, long long total, int step, const TileGeom& tg,
-                               const unsigned char* __restrict__ pinned, int radius) {
-    for (; tile < total; tile += step) {
-        int f, y0, x0;
-        tile_origin(tile, tg, f, y0, x0);
-        if (radius < 0 || pinned[f]) return tile;
-        if (y0 <= tg.qy_last + radius && y0 + TILE_H - 1 >= tg.qy_first - radius &&
-            x0 <= tg.qx_last + radius && x0 + TILE_W - 1 >= tg.qx_first - radius)
-            return tile;
+// The tiles a CTA searches, computed once per CTA from its query rectangle: every tile of a
+// pinned frame (or of any frame without a radius), and for the other frames only the window of
+// tiles that comes within `radius` cells of the query rectangle in y and x (the same window in
+// every such frame). Candidate tiles are numbered frame by frame; split s takes the numbers
+// s, s + splits, ... and walks them forward, so no thread ever scans a tile it skips.
+struct TileWalk {
+    int tiles_x, tiles_per_frame;
+    int win_ty0, win_tx0, win_ny, win_nx;  // the radius window, in tiles (win_ny * win_nx may be 0)
+    PinnedMask pinned;
+    bool limited;  // a radius is set
+    int T;
+    // Position: candidate number j lies in frame f, whose candidates start at number `start`.
+    int f;
+    long long start;
+
+    __device__ int count(int frame) const {
+        return (!limited || frame_pinned(pinned, frame)) ? tiles_per_frame : win_ny * win_nx;
     }
-    return total;
+
+    // Frame and tile origin of candidate number j (j never decreases between calls); false when
+    // j is past the last candidate.
+    __device__ bool locate(long long j, int& frame, int& y0, int& x0) {
+        while (f < T && j >= start + count(f)) {
+            start += count(f);
+            ++f;
+        }
+        if (f >= T) return false;
+        const int i = (int)(j - start);
+        int ty, tx;
+        if (!limited || frame_pinned(pinned, f)) {
+            ty = i / tiles_x;
+            tx = i % tiles_x;
+        } else {
+            ty = win_ty0 + i / win_nx;
+            tx = win_tx0 + i % win_nx;
+        }
+        frame = f;
+        y0 = ty * TILE_H;
+        x0 = tx * TILE_W;
+        return true;
+    }
+};
+
+__device__ __forceinline__ TileWalk tile_walk(int h, int w, int T, PinnedMask pinned, int radius, int qy_first,
+                                              int qy_last, int qx_first, int qx_last) {
+    TileWalk tw;
+    tw.tiles_x = (w + TILE_W - 1) / TILE_W;
+    const int tiles_y = (h + TILE_H - 1) / TILE_H;
+    tw.tiles_per_frame = tw.tiles_x * tiles_y;
+    tw.limited = radius >= 0;
+    tw.pinned = pinned;
+    tw.T = T;
+    tw.f = 0;
+    tw.start = 0;
+    if (tw.limited) {
+        const int y_lo = max(0, qy_first - radius), y_hi = min(h - 1, qy_last + radius);
+        const int x_lo = max(0, qx_first - radius), x_hi = min(w - 1, qx_last + radius);
+        tw.win_ty0 = y_lo / TILE_H;
+        tw.win_tx0 = x_lo / TILE_W;
+        tw.win_ny = y_hi / TILE_H - tw.win_ty0 + 1;
+        tw.win_nx = x_hi / TILE_W - tw.win_tx0 + 1;
+    } else {
+        tw.win_ty0 = tw.win_tx0 = 0;
+        tw.win_ny = tiles_y;
+        tw.win_nx = tw.tiles_x;
+    }
+    return tw;
 }
 
 // Asynchronous copy of one memory tile into shared memory; cells outside the grid read nothing
@@ -209,13 +259,13 @@ __device__ __forceinline__ void load_tile(mevos_key* tile, const mevos_key* __re
 
 // ---- kernels ----------------------------------------------------------------------------
 
-// query: P x C, memory: T x P x C (both row-major, 16-byte aligned), pinned: T bytes (1 = search
-// in full), radius < 0: none. Writes part_score / part_index [splits][P][k]: the split's k best
+// query: P x C, memory: T x P x C (both row-major, 16-byte aligned), pinned: bit f = frame f is
+// searched in full (frames past 128 are treated as pinned), radius < 0: none. Writes part_score / part_index [splits][P][k]: the split's k best
 // raw dot products per query, best first, index -1 for empty slots. Sets *nonfinite to 1 when
 // any computed score is NaN or inf.
 extern "C" __global__ void __launch_bounds__(THREADS)
 mevos_topk_partial(const mevos_key* __restrict__ query, const mevos_key* __restrict__ memory,
-                   const unsigned char* __restrict__ pinned, float* __restrict__ part_score,
+                   unsigned long long pinned_lo, unsigned long long pinned_hi, float* __restrict__ part_score,
                    int* __restrict__ part_index, int* __restrict__ nonfinite, int h, int w, int T, int k,
                    int radius) {
     __shared__ __align__(16) mevos_key tile[BN * ROW_ELEMS];
@@ -251,30 +301,22 @@ mevos_topk_partial(const mevos_key* __restrict__ query, const mevos_key* __restr
     if (lane < 16) thresh[warp][lane] = mevos_neg_inf();
     __syncwarp();
 
-    TileGeom tg;
-    tg.tiles_x = (w + TILE_W - 1) / TILE_W;
-    tg.tiles_per_frame = tg.tiles_x * ((h + TILE_H - 1) / TILE_H);
-    tg.qy_first = qy0;
-    tg.qy_last = min(qy0 + WARPS, h) - 1;
-    tg.qx_first = qx0;
-    tg.qx_last = min(qx0 + QW, w) - 1;
-    const long long total = (long long)T * tg.tiles_per_frame;
+    const PinnedMask pinned = {pinned_lo, pinned_hi};
+    TileWalk walk = tile_walk(h, w, T, pinned, radius, qy0, min(qy0 + WARPS, h) - 1, qx0, min(qx0 + QW, w) - 1);
     bool bad = false;
 
-    // Splits take tiles round-robin (tile = split, split + splits, ...), which balances pinned
-    // frames (searched in full) against radius-limited ones across CTAs. One tile buffer: the
-    // next tile's copy is issued once every warp has finished its mma on the current one and
+    // Splits take the candidate tiles round-robin (split, split + splits, ...), which balances
+    // pinned frames (searched in full) against radius-limited ones across CTAs. One tile buffer:
+    // the next tile's copy is issued once every warp has finished its mma on the current one and
     // runs while the warps update their top-k lists.
-    long long cur = next_tile(split, total, splits, tg, pinned, radius);
-    if (cur < total) {
-        int f, y0, x0;
-        tile_origin(cur, tg, f, y0, x0);
+    long long cur = split;
+    int f, y0, x0;
+    bool have = walk.locate(cur, f, y0, x0);
+    if (have) {
         load_tile(tile, memory, f, y0, x0, h, w);
         mevos_cp_async_commit();
     }
-    while (cur < total) {  // uniform across the CTA: every thread computes the same sequence
-        int f, y0, x0;
-        tile_origin(cur, tg, f, y0, x0);
+    while (have) {  // uniform across the CTA: every thread computes the same sequence
         mevos_cp_async_wait_all();
         __syncthreads();  // the tile is complete and visible to every warp
 
@@ -282,24 +324,34 @@ mevos_topk_partial(const mevos_key* __restrict__ query, const mevos_key* __restr
         tile_scores(acc, a, tile, g, t);
 
         __syncthreads();  // every warp is done reading the tile
-        const long long nxt = next_tile(cur + splits, total, splits, tg, pinned, radius);
-        if (nxt < total) {
-            int nf, ny0, nx0;
-            tile_origin(nxt, tg, nf, ny0, nx0);
+        int nf = 0, ny0 = 0, nx0 = 0;
+        const bool next = walk.locate(cur + splits, nf, ny0, nx0);
+        if (next) {
             load_tile(tile, memory, nf, ny0, nx0, h, w);
             mevos_cp_async_commit();
         }
 
-        // Prefilter in registers: a row needs the slow path only if one of its scores reaches its
-        // k-th best so far (>=, so that an equal score with a lower index is not missed). Rows
-        // g and g+8 are in lanes 4g..4g+3 (see the accumulator layout).
-        const bool local = radius >= 0 && !pinned[f];
+        // Prefilter in registers: a row needs the slow path only if one of its candidate scores
+        // (a cell inside the grid and, in a radius-limited frame, inside the row's window) reaches
+        // its k-th best so far (>=, so that an equal score with a lower index is not missed).
+        // Rows g and g+8 are in lanes 4g..4g+3 (see the accumulator layout).
+        const bool local = radius >= 0 && !frame_pinned(pinned, f);
         const float th_lo = thresh[warp][g], th_hi = thresh[warp][g + 8];
+        const int qx_lo = qx0 + g, qx_hi = qx0 + g + 8;
         bool f_lo = false, f_hi = false;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            f_lo |= acc[nt][0] >= th_lo || acc[nt][1] >= th_lo;
-            f_hi |= acc[nt][2] >= th_hi || acc[nt][3] >= th_hi;
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int n = nt * 8 + 2 * t + e;
+                const int y = y0 + n / TILE_W, x = x0 + n % TILE_W;
+                const bool in_grid = y < h && x < w;
+                const bool in_rows = !local || abs(y - qy) <= radius;
+                const bool ok_lo = in_grid && in_rows && (!local || abs(x - qx_lo) <= radius);
+                const bool ok_hi = in_grid && in_rows && (!local || abs(x - qx_hi) <= radius);
+                f_lo |= ok_lo && acc[nt][e] >= th_lo;
+                f_hi |= ok_hi && acc[nt][2 + e] >= th_hi;
+            }
             bad |= !(mevos_finite(acc[nt][0]) && mevos_finite(acc[nt][1]) && mevos_finite(acc[nt][2]) &&
                      mevos_finite(acc[nt][3]));
         }
@@ -311,8 +363,6 @@ mevos_topk_partial(const mevos_key* __restrict__ query, const mevos_key* __restr
             if ((b_hi >> (4 * r)) & 0xFu) rows |= 1u << (r + 8);
         }
         rows &= row_valid;
-        // The whole tile is outside this warp's row band: nothing in it is a candidate.
-        if (local && (y0 > qy + radius || y0 + TILE_H - 1 < qy - radius)) rows = 0u;
 
         if (rows) {  // warp-uniform (built from ballots)
             float* sw = scratch[warp];
@@ -342,7 +392,11 @@ mevos_topk_partial(const mevos_key* __restrict__ query, const mevos_key* __restr
             }
             __syncwarp();  // thresholds written, scratch free for the next tile
         }
-        cur = nxt;
+        cur += splits;
+        have = next;
+        f = nf;
+        y0 = ny0;
+        x0 = nx0;
     }
 
 #pragma unroll

@@ -88,7 +88,7 @@ BACKENDS: dict[str, str] = {
 
 def torch_backend_from_path(model_path: str | None, device: str = "cpu", precision: str = "auto") -> TorchBackend:
     """A TorchBackend from a checkpoint path (None: the shipped default weights, else untrained `small`)."""
-    from mevos.runtime.weights import load_default_model
+    from mevos.model.weights import load_default_model
 
     model, _ = load_default_model(model_path)
     return TorchBackend(model, device=device, precision=precision)

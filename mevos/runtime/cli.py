@@ -15,6 +15,10 @@ import argparse
 import itertools
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mevos.runtime.tracker import FrameTracker, TrackerConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,24 +40,22 @@ def run(args: argparse.Namespace) -> int:
 
     from mevos.data.results import ResultWriter, read_first_mask
     from mevos.data.video import open_frames
-    from mevos.runtime.backend import create_backend
+    from mevos.model.weights import describe_weights
     from mevos.runtime.options import tracker_config_from_args
-    from mevos.runtime.tracker import Tracker
-    from mevos.runtime.weights import describe_weights
+    from mevos.runtime.tracker import track
 
     config = tracker_config_from_args(args)
     source = open_frames(args.source)
     mask = read_first_mask(args.mask, source)
-    backend = create_backend(args.backend, args.checkpoint, device=args.device, precision=args.precision)
-    print(f"mevos segment: {describe_weights(args.checkpoint)}; backend {backend.name} on {backend.device}",
-          file=sys.stderr)
-    tracker = Tracker(backend, config)
+    tracker, what = make_tracker(args, config)
+    print(f"mevos segment: {describe_weights(args.checkpoint)}; {what}", file=sys.stderr)
     total = source.num_frames if args.max_frames is None else min(args.max_frames, source.num_frames or args.max_frames)
     t0 = time.perf_counter()
     with ResultWriter(args.out, source, force=args.force, overlay=args.overlay) as results, \
             tqdm(total=total, unit="frame", desc=f"segment {source.name}", file=sys.stderr) as bar:
-        for i, frame in enumerate(itertools.islice(source, args.max_frames)):
-            result = tracker.step(frame, masks=mask if i == 0 else None)
+        # One frame behind (runtime.tracker.track): frame i is queued before frame i-1's labels
+        # are read, so the fast tracker overlaps them.
+        for i, (frame, result) in enumerate(track(tracker, itertools.islice(source, args.max_frames), mask)):
             results.write(i, frame, result.labels)
             bar.update(1)
             bar.set_postfix(fps=f"{results.count / (time.perf_counter() - t0):.1f}")
@@ -62,3 +64,21 @@ def run(args: argparse.Namespace) -> int:
           f"{results.count / seconds:.1f} FPS -> {results.out}"
           + (f" (overlay {results.overlay_path})" if results.overlay_path else ""))
     return 0
+
+
+def make_tracker(args: argparse.Namespace, config: TrackerConfig) -> tuple[FrameTracker, str]:
+    """The tracker the options ask for (runtime.options.use_fast_tracker decides), and a line
+    saying which one runs where."""
+    from mevos.runtime.backend import create_backend
+    from mevos.runtime.options import use_fast_tracker
+    from mevos.runtime.tracker import Tracker
+
+    if use_fast_tracker(args.device, args.backend, args.fast):
+        from mevos.model.weights import load_default_model
+        from mevos.runtime.fast import FastOptions, FastTracker
+
+        model, _ = load_default_model(args.checkpoint)
+        fast = FastTracker(model, config, device=args.device, options=FastOptions(fp16=args.precision != "fp32"))
+        return fast, f"fast tracker on {fast.device} ({'fp32' if args.precision == 'fp32' else 'fp16'})"
+    backend = create_backend(args.backend, args.checkpoint, device=args.device, precision=args.precision)
+    return Tracker(backend, config), f"backend {backend.name} on {backend.device}"

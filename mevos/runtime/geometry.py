@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mevos.errors import InputError
+from mevos.model.graphs import STRIDE
 
-STRIDE = 8  # output stride of the encoders; the decoder's 1/4 skip divides evenly too
+__all__ = ["STRIDE", "Geometry"]
 
 
 @dataclass(frozen=True)

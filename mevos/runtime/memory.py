@@ -15,16 +15,23 @@ import torch
 from torch import Tensor
 
 from mevos.kernels import ops
+from mevos.runtime.profile import StageClock, mark
 
 
 @dataclass(frozen=True)
 class AffinityConfig:
-    """How a query reads the memory (paper defaults: top-k 10, temperature 0.05)."""
+    """How a query reads the memory (paper defaults: top-k 10, temperature 0.05). impl: which code
+    computes it, one of mevos.kernels.ops.IMPLS ('auto': the fused kernels where the device has
+    them, else the chunked reference; 'dense': the materialised baseline)."""
 
     top_k: int = 10
     temperature: float = 0.05
     radius: int | None = None
     chunk_size: int = 1024
+    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        ops.check_impl(self.impl)
 
 
 class MemoryBank:
@@ -99,15 +106,29 @@ class MemoryBank:
             same = [s for s in same if s != first] or [first]
         return min(same, key=lambda s: self.stamp[s])
 
-    def read(self, query: Tensor, cfg: AffinityConfig) -> tuple[Tensor, Tensor]:
-        """query P x Ck -> (readout values O x Cv x P, warped masks O x P), float32.
+    def affinity_path(self, cfg: AffinityConfig) -> str:
+        """Which top-k code a read with `cfg` runs now (the benchmark's record of it)."""
+        n = max(1, self.used)
+        keys = self.keys[:n]
+        return ops.describe(cfg.impl, keys[0], keys, min(cfg.top_k, n * keys.shape[1]))
+
+    def read(self, query: Tensor, cfg: AffinityConfig, out: tuple[Tensor, Tensor] | None = None,
+             clock: StageClock | None = None, error_flag: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query P x Ck -> (readout values O x Cv x P, warped masks O x P), float32; written into
+        `out` (two such buffers) when given, else into new tensors.
 
         Objects are grouped by the set of slots they are valid in; in the common case (all objects
         known since the first frame) that is one group and the buffers are read without a copy.
+        Nothing here waits for the device: the slot bookkeeping and the pinned flags stay on the host.
+        clock: the profiling hook; the top-k is charged to affinity_topk, the rest to readout.
+        error_flag: passed to the fused kernels, which then set it instead of waiting for the
+        device to raise (the fast tracker reads it once per frame).
         """
         n, p, o = self.used, self.keys.shape[1], len(self.object_ids)
-        out_v = torch.empty(o, self.value_dim, p, device=self.device, dtype=torch.float32)
-        out_m = torch.empty(o, p, device=self.device, dtype=torch.float32)
+        if out is None:
+            out = (torch.empty(o, self.value_dim, p, device=self.device, dtype=torch.float32),
+                   torch.empty(o, p, device=self.device, dtype=torch.float32))
+        out_v, out_m = out
         valid = self.valid[:n]
         groups: dict[tuple[bool, ...], list[int]] = {}
         for j in range(o):
@@ -127,15 +148,23 @@ class MemoryBank:
             t = keys.shape[0]
             k = min(cfg.top_k, t * p)
             weights, indices = ops.topk_affinity(
-                query, keys, k=k, temperature=cfg.temperature, grid=self.grid, pinned=pinned.to(self.device),
-                radius=cfg.radius, chunk_size=cfg.chunk_size,
+                query, keys, k=k, temperature=cfg.temperature, grid=self.grid, pinned=pinned,
+                radius=cfg.radius, chunk_size=cfg.chunk_size, impl=cfg.impl, error_flag=error_flag,
             )
+            mark(clock, "affinity_topk")
             g = len(objs)
             # Two reads over the same top-k rather than one over a concatenation, which would copy
             # the whole T x P memory every frame.
-            rv = ops.readout(weights, indices, vals.reshape(t * p, g * self.value_dim), chunk_size=cfg.chunk_size)
-            rm = ops.readout(weights, indices, msks.reshape(t * p, g), chunk_size=cfg.chunk_size)
-            idx = torch.tensor(objs, dtype=torch.long, device=self.device)
-            out_v[idx] = rv.view(p, g, self.value_dim).permute(1, 2, 0)
-            out_m[idx] = rm.t()
+            rv = ops.readout(weights, indices, vals.reshape(t * p, g * self.value_dim), chunk_size=cfg.chunk_size,
+                             impl=cfg.impl, error_flag=error_flag)
+            rm = ops.readout(weights, indices, msks.reshape(t * p, g), chunk_size=cfg.chunk_size, impl=cfg.impl,
+                             error_flag=error_flag)
+            if g == o:  # every object in one group: plain copies, no index tensor to upload
+                out_v.copy_(rv.view(p, g, self.value_dim).permute(1, 2, 0))
+                out_m.copy_(rm.t())
+            else:
+                idx = torch.tensor(objs, dtype=torch.long, device=self.device)
+                out_v[idx] = rv.view(p, g, self.value_dim).permute(1, 2, 0)
+                out_m[idx] = rm.t()
+            mark(clock, "readout")
         return out_v, out_m

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mevos.errors import InputError, MevosError, UsageError, require
-from mevos.export.graphs import GraphSpec, graph_specs, input_size
+from mevos.model.graphs import GraphSpec, graph_specs, input_size
 from mevos.export.manifest import OnnxExport, export_hint
 
 #: short name -> ONNX Runtime execution provider

@@ -19,6 +19,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
                    help="auto = fp16 on CUDA, fp32 on the CPU")
+    g.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="the fast tracker (fp16, fused kernels, CUDA graphs; objects fixed by the first mask, "
+                        "else handed over to the regular tracker) (default: on with --device cuda and the torch "
+                        "backend)")
+
+
+def use_fast_tracker(device: str, backend: str, fast: bool | None) -> bool:
+    """Whether `--device DEVICE --backend BACKEND [--fast|--no-fast]` runs the fast tracker: by
+    default on a CUDA device with the torch backend when torch sees CUDA; --fast insists (a
+    UsageError where it cannot run), --no-fast declines."""
+    from mevos.errors import UsageError
+    from mevos.runtime.fast import cuda_unavailable
+
+    if fast is False:
+        return False
+    on_cuda = device.startswith("cuda")
+    why = None
+    if not on_cuda:
+        why = f"runs on CUDA devices, not {device!r}"
+    elif backend != "torch":
+        why = f"runs the torch model, not the {backend} backend"
+    else:
+        why = cuda_unavailable()
+    if why is None:
+        return True
+    if fast:
+        raise UsageError(f"--fast: the fast tracker {why}")
+    return False
 
 
 def add_tracker_arguments(parser: argparse.ArgumentParser, server_defaults: bool = False) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mevos.errors import InputError, MevosError, UsageError
-from mevos.export.graphs import GRAPH_NAMES, GraphSpec, graph_specs, input_size
+from mevos.model.graphs import GRAPH_NAMES, GraphSpec, graph_specs, input_size
 from mevos.export.manifest import (
     ENGINE_MANIFEST,
     OnnxExport,

@@ -9,18 +9,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mevos.errors import InputError, UsageError
-from mevos.kernels.reference import label_masks, soft_aggregate, with_background
+from mevos.kernels.ops import IMPLS
+from mevos.runtime import propagate as stages
 from mevos.runtime.backend import Backend
 from mevos.runtime.geometry import STRIDE, Geometry
 from mevos.runtime.memory import AffinityConfig, MemoryBank
+from mevos.runtime.profile import StageClock, mark
 
 MAX_OBJECT_ID = 255  # label maps are 8-bit palette images
 
@@ -53,6 +56,7 @@ class TrackerConfig:
     chunk_size: int = 1024
     max_objects: int = 32
     memory_masks: str = "hard"  # what a predicted frame stores: "soft" probabilities or its "hard" label map
+    affinity_impl: str = "auto"  # the top-k affinity's code: auto | fused | reference | dense (AffinityConfig.impl)
 
     def __post_init__(self) -> None:
         checks = [
@@ -67,6 +71,7 @@ class TrackerConfig:
             (self.chunk_size >= 1, "chunk_size must be >= 1"),
             (1 <= self.max_objects <= MAX_OBJECT_ID, f"max_objects must be in 1..{MAX_OBJECT_ID}"),
             (self.memory_masks in ("soft", "hard"), "memory_masks must be 'soft' or 'hard'"),
+            (self.affinity_impl in IMPLS, f"affinity_impl must be one of {', '.join(IMPLS)}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -82,19 +87,67 @@ class TrackerConfig:
 
     @property
     def affinity(self) -> AffinityConfig:
-        return AffinityConfig(self.top_k, self.temperature, self.radius, self.chunk_size)
+        return AffinityConfig(self.top_k, self.temperature, self.radius, self.chunk_size, self.affinity_impl)
 
 
-@dataclass
 class FrameResult:
-    """One frame's output at the input resolution."""
+    """One frame's output at the input resolution: labels H x W uint8 (0 = background, else the
+    object id), probs O x H x W float32 (each object's probability, in the order of object_ids).
 
-    index: int
-    labels: np.ndarray  # H x W uint8, 0 = background, else object id
-    probs: np.ndarray  # O x H x W float32, probability of each object (order of object_ids)
-    object_ids: tuple[int, ...]
-    seconds: float = 0.0
-    stages: dict[str, float] = field(default_factory=dict)
+    The Tracker's are ready when step returns. The FastTracker's are still on their way from the
+    device: reading labels or probs waits for them (`fetch`), so frame t+1 can be queued first.
+    seconds: the step's wall time (the time to queue it, for the fast tracker); stages: per-stage
+    milliseconds of a profiled step (step(..., profile=True)), else empty.
+    """
+
+    def __init__(self, index: int, labels: np.ndarray | None, probs: np.ndarray | None, object_ids: tuple[int, ...],
+                 seconds: float = 0.0, stages: dict[str, float] | None = None,
+                 fetch: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+        self.index, self.object_ids, self.seconds = index, object_ids, seconds
+        self.stages = stages if stages is not None else {}
+        self._labels, self._probs, self._fetch = labels, probs, fetch
+
+    def _ready(self) -> None:
+        if self._fetch is not None:
+            self._labels, self._probs = self._fetch()
+            self._fetch = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        self._ready()
+        assert self._labels is not None
+        return self._labels
+
+    @property
+    def probs(self) -> np.ndarray:
+        self._ready()
+        assert self._probs is not None
+        return self._probs
+
+
+class FrameTracker(Protocol):
+    """What `segment` and the server drive: Tracker, or FastTracker on a CUDA GPU."""
+
+    @property
+    def object_ids(self) -> tuple[int, ...]: ...
+
+    def step(self, frame: np.ndarray, masks: np.ndarray | None = None, remove: tuple[int, ...] | list[int] = (),
+             profile: bool = False) -> FrameResult: ...
+
+
+def track(tracker: FrameTracker, frames: Iterable[np.ndarray], first_mask: np.ndarray
+          ) -> Iterator[tuple[np.ndarray, FrameResult]]:
+    """(frame, result) of each frame of a stream whose objects are given on its first frame
+    (first_mask H x W ids), in order, one frame behind: frame t is queued before frame t-1's
+    result is handed out, so a FastTracker's device work overlaps the caller's use of the labels."""
+    pending: tuple[np.ndarray, FrameResult] | None = None
+    for i, frame in enumerate(frames):
+        result = tracker.step(frame, masks=first_mask if i == 0 else None)
+        if pending is not None:
+            yield pending
+        pending = (frame, result)
+    if pending is not None:
+        yield pending
 
 
 class Tracker:
@@ -118,14 +171,16 @@ class Tracker:
 
     @torch.inference_mode()
     def step(self, frame: np.ndarray | Tensor, masks: np.ndarray | Tensor | None = None,
-             remove: tuple[int, ...] | list[int] = ()) -> FrameResult:
+             remove: tuple[int, ...] | list[int] = (), profile: bool = False) -> FrameResult:
         """Segment one frame.
 
         frame: H x W x 3 uint8 RGB. masks: optional H x W label map (0 = no statement) whose
         objects are new or corrected on this frame: their pixels are taken as given and the frame
-        is pinned in memory. remove: object ids to forget from this frame on.
+        is pinned in memory. remove: object ids to forget from this frame on. profile: time each
+        stage (runtime.profile) into the result's `stages`.
         """
         t0 = time.perf_counter()
+        clock = StageClock(self.backend.device) if profile else None
         cfg, dev = self.config, self.backend.device
         if isinstance(frame, np.ndarray) and not frame.flags.writeable:
             frame = frame.copy()  # torch wants writable memory; decoders hand out read-only frames
@@ -148,29 +203,29 @@ class Tracker:
         self._remove(remove)
 
         image = geo.image(frame_t, dev)
+        mark(clock, "preprocess")
         key, res3, res2 = self.backend.encode_key(image)
-        h, w = geo.grid
-        query = key[0].reshape(key.shape[1], h * w).t()
-        stages: dict[str, float] = {}
+        query = stages.query_of(key)
+        mark(clock, "encode_key")
 
         probs, aggregated = None, False
         if self.memory and self.memory.object_ids:
-            probs = self._propagate(image, query, res3, res2, geo)
+            probs = self._propagate(image, query, res3, res2, geo, clock)
             aggregated = self.config.refine_rounds > 0  # the last round aggregated the objects already
         if given is not None:
             probs, aggregated = self._apply_given(probs, given, geo, query.dtype), False
         assert probs is not None and self.memory is not None
         ids = list(self.memory.object_ids)
-        # Objects are merged by soft aggregation exactly once per frame.
-        dist = with_background(probs) if aggregated else soft_aggregate(probs)  # (O+1) x H'' x W''
+        dist = stages.distribution(probs, aggregated)  # (O+1) x H'' x W''
         if self.config.memory_masks == "hard" and given is None:
             # The memory keeps the frame's label map (one-hot), not its probabilities: soft masks
             # read back through the affinity fade a little more with every frame.
-            probs = label_masks(dist).to(probs.dtype)
+            probs = stages.label_masks(dist).to(probs.dtype)
         self._memorise(image, query, probs, pinned=given is not None)
+        mark(clock, "memory_write")
         full = geo.to_input(dist)  # (O+1) x H x W
         lut = torch.tensor([0, *ids], dtype=torch.uint8, device=full.device)
-        labels = lut[full.argmax(dim=0)]
+        labels = stages.label_map(full, lut)
         if given is not None:
             # Given pixels are returned exactly as given, not as resampled by the working resolution.
             given_ids = torch.unique(given)
@@ -181,33 +236,23 @@ class Tracker:
             for j, i in enumerate(ids):
                 if bool((given_ids == i).any()):
                     full[j + 1] = (given == i).to(full.dtype)
-        result = FrameResult(
-            index=self.frame_index,
-            labels=labels.cpu().numpy(),
-            probs=full[1:].float().cpu().numpy(),
-            object_ids=tuple(ids),
-            seconds=time.perf_counter() - t0,
-            stages=stages,
-        )
+        labels_np, probs_np = labels.cpu().numpy(), full[1:].float().cpu().numpy()
+        mark(clock, "postprocess")
+        result = FrameResult(self.frame_index, labels_np, probs_np, tuple(ids), seconds=time.perf_counter() - t0,
+                             stages=clock.ms if clock is not None else None)
         self.frame_index += 1
         return result
 
     # -- stages -----------------------------------------------------------------------------
 
-    def _propagate(self, image: Tensor, query: Tensor, res3: Tensor, res2: Tensor, geo: Geometry) -> Tensor:
+    def _propagate(self, image: Tensor, query: Tensor, res3: Tensor, res2: Tensor, geo: Geometry,
+                   clock: StageClock | None) -> Tensor:
         """Read the memory and refine (Eq. 6-9, Algorithm 1) -> O x H'' x W'' probabilities: the
         coarse mask A^T Y_r when refine_rounds = 0, else the soft-aggregated objects of the last round."""
         assert self.memory is not None
-        h, w = geo.grid
-        readout, coarse = self.memory.read(query, self.config.affinity)
-        o = readout.shape[0]
-        readout = readout.view(o, -1, h, w)
-        probs = F.interpolate(coarse.view(o, 1, h, w), size=geo.padded, mode="bilinear", align_corners=False)
-        probs = probs.clamp(0, 1)
-        for _ in range(self.config.refine_rounds):
-            value = self.backend.encode_value(image, probs.to(image.dtype))
-            logits = self.backend.decode(readout.to(value.dtype), value, res3, res2)
-            probs = soft_aggregate(torch.sigmoid(logits.float())[:, 0])[1:].unsqueeze(1)
+        readout, coarse = stages.read_memory(self.memory, query, self.config.affinity, clock=clock)
+        probs = stages.refine(self.backend, image, readout, stages.upsample(coarse, geo), res3, res2,
+                              self.config.refine_rounds, clock)
         return probs[:, 0].float()
 
     def _apply_given(self, probs: Tensor | None, given: Tensor, geo: Geometry, dtype: torch.dtype) -> Tensor:
@@ -235,17 +280,8 @@ class Tracker:
     def _memorise(self, image: Tensor, query: Tensor, probs: Tensor, pinned: bool) -> None:
         """Encode the frame's final masks and store the frame in memory."""
         assert self.memory is not None
-        o = probs.shape[0]
-        values = self.backend.encode_value(image, probs.unsqueeze(1).to(image.dtype))  # O x Cv x h x w
-        small = F.avg_pool2d(probs.unsqueeze(1), STRIDE)[:, 0]  # O x h x w
-        p = query.shape[0]
-        self.memory.write(
-            query.to(self.memory.dtype),
-            values.reshape(o, -1, p).permute(2, 0, 1),
-            small.reshape(o, p).t(),
-            pinned=pinned,
-            stamp=self.frame_index,
-        )
+        values, small = stages.memory_entry(self.backend, image, probs)
+        self.memory.write(query.to(self.memory.dtype), values, small, pinned=pinned, stamp=self.frame_index)
 
     # -- input checks -----------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ class ServerConfig:
     tls_key: str | None = None
     metrics_port: int | None = None
     model_description: str = ""
+    fast: bool = False  # sessions run the fast tracker (torch backend on CUDA; runtime.options.use_fast_tracker)
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -166,7 +167,8 @@ class MevosServer:
         self.scheduler = Scheduler(backend, lim.max_batch, lim.batch_wait_ms / 1000.0, self.metrics.on_batch)
         info = ModelInfo(config.model_description, backend.config.name, backend.name, str(backend.device))
         self.servicer = TrackingServicer(self.scheduler, lim, config.defaults, self.metrics, info,
-                                         auth_required=config.token is not None)
+                                         auth_required=config.token is not None,
+                                         fast=_fast_sessions(backend) if config.fast else None)
         self.metrics.bind_queues(lambda: self.scheduler.queue_depth, self.servicer.sessions.queued_frames)
         interceptors = []
         if config.token is not None:
@@ -269,6 +271,24 @@ class MevosServer:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
+
+
+def _fast_sessions(backend: Backend) -> Callable[[TrackerConfig], Any]:
+    """A fast-tracker factory for the sessions, after compiling and running the fused kernels once
+    (at start, so no session's first frame waits for NVRTC)."""
+    from mevos.runtime.backend import TorchBackend
+    from mevos.runtime.fast import FastOptions, FastTracker, warm_kernels
+
+    if not isinstance(backend, TorchBackend) or backend.device.type != "cuda":
+        raise UsageError(f"the fast tracker runs the torch backend on CUDA, not {backend.name} on {backend.device}")
+    path = warm_kernels(backend.device, backend.config.key_dim)
+    log_event(LOGGER, "fast_tracker", affinity=path)
+    options = FastOptions(fp16=backend.fp16)
+
+    def make(config: TrackerConfig) -> FastTracker:
+        return FastTracker(backend.model, config, device=backend.device, options=options)
+
+    return make
 
 
 def preflight(config: ServerConfig) -> None:

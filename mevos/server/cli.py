@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mevos.runtime.backend import create_backend
-    from mevos.runtime.options import tracker_config_from_args
-    from mevos.runtime.weights import describe_weights
+    from mevos.runtime.options import tracker_config_from_args, use_fast_tracker
+    from mevos.model.weights import describe_weights
     from mevos.server import logs
     from mevos.server.app import ServerConfig, create_server, preflight
     from mevos.env import load_token
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=None if args.no_metrics else args.metrics_port,
         # The file name only: ServerInfo is public, the server's folders are not.
         model_description=describe_weights(Path(args.checkpoint).name if args.checkpoint else None),
+        fast=use_fast_tracker(args.device, args.backend, args.fast),
     )
     preflight(config)  # port and TLS files, before the model loads
     backend = create_backend(args.backend, args.checkpoint, device=args.device, precision=args.precision)

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import grpc
 from mevos import __version__
 from mevos.proto.mevos.v1 import tracking_pb2 as pb
 from mevos.proto.mevos.v1 import tracking_pb2_grpc as pb_grpc
-from mevos.runtime.tracker import TrackerConfig
+from mevos.runtime.tracker import FrameTracker, TrackerConfig
 from mevos.server.budget import MemoryBudget
 from mevos.server.limits import Limits, RequestError, defaults_to_proto
 from mevos.server.logs import LOGGER, log_event
@@ -85,8 +85,10 @@ def clip(message: str) -> str:
 
 class TrackingServicer(pb_grpc.TrackingServicer):
     def __init__(self, scheduler: Scheduler, limits: Limits, defaults: TrackerConfig, metrics: Metrics,
-                 info: ModelInfo, auth_required: bool) -> None:
+                 info: ModelInfo, auth_required: bool, fast: Callable[[TrackerConfig], FrameTracker] | None = None
+                 ) -> None:
         self.scheduler, self.limits, self.defaults = scheduler, limits, defaults
+        self.fast = fast  # sessions start on the fast tracker (see Session)
         self.metrics, self.info, self.auth_required = metrics, info, auth_required
         self.sessions = SessionRegistry(limits.max_sessions)
         self.budget = MemoryBudget(scheduler.backend.config, limits.max_session_memory_bytes, limits.max_frame_side)
@@ -184,7 +186,8 @@ class TrackingServicer(pb_grpc.TrackingServicer):
                     break
                 if session is None:
                     assert item.settings is not None and item.geometry is not None
-                    session = Session(sid, self.scheduler.session_backend(), item.settings, self.budget, item.geometry)
+                    session = Session(sid, self.scheduler.session_backend(), item.settings, self.budget, item.geometry,
+                                      self.fast)
                     resumed: dict[str, Any] = {}
                     if item.settings.resumed_from is not None:
                         resumed = {"resumed_from": item.settings.resumed_from, "first_index": item.settings.first_index}

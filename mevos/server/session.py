@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from mevos.errors import InputError
 from mevos.proto import codec
 from mevos.proto.mevos.v1 import tracking_pb2 as pb
-from mevos.runtime.tracker import MAX_OBJECT_ID, Tracker, TrackerConfig
+from mevos.runtime.tracker import MAX_OBJECT_ID, FrameTracker, Tracker, TrackerConfig
 from mevos.runtime.geometry import Geometry
 from mevos.server.budget import MemoryBudget
 from mevos.server.limits import Limits, RequestError, settings_to_config
@@ -161,13 +162,23 @@ class Session:
     """The tracker of one stream and the building of its responses (one thread at a time)."""
 
     def __init__(self, session_id: str, backend: SessionBackend, settings: SessionSettings,
-                 budget: MemoryBudget, geometry: Geometry) -> None:
+                 budget: MemoryBudget, geometry: Geometry,
+                 fast: Callable[[TrackerConfig], FrameTracker] | None = None) -> None:
         self.session_id = session_id
         self.backend = backend
         self.settings = settings
         self.budget, self.geometry = budget, geometry
-        self.tracker = Tracker(backend, settings.config)
+        # The fast tracker when the server runs it; it hands the session over to a Tracker the
+        # first time objects are added, corrected or removed after the first frame.
+        self.tracker: FrameTracker = fast(settings.config) if fast else Tracker(backend, settings.config)
         self.frames = 0
+
+    def _tracker_for(self, job: FrameJob) -> FrameTracker:
+        from mevos.runtime.fast import FastTracker
+
+        if isinstance(self.tracker, FastTracker) and self.frames > 0 and (job.masks is not None or job.remove):
+            self.tracker = self.tracker.to_tracker(self.backend)
+        return self.tracker
 
     def _check_objects(self, job: FrameJob) -> None:
         tracked = set(self.tracker.object_ids)
@@ -195,7 +206,7 @@ class Session:
         self.backend.wait_s = 0.0
         try:
             with self.backend.frame():
-                result = self.tracker.step(job.frame, masks=job.masks, remove=job.remove)
+                result = self._tracker_for(job).step(job.frame, masks=job.masks, remove=job.remove)
         except InputError as exc:  # the tracker's own checks: the reader should have caught these
             raise _invalid(f"frame {job.index}: {exc}") from None
         t1 = time.perf_counter()

@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from mevos.cli import main  # noqa: E402
-from mevos.export.graphs import GRAPH_NAMES, graph_specs  # noqa: E402
+from mevos.model.graphs import GRAPH_NAMES, graph_specs  # noqa: E402
 from mevos.export.manifest import ONNX_MANIFEST, load_onnx_export, sha256_file  # noqa: E402
 from mevos.export.onnx import TRACE_SIZE, cached_export, export_onnx, resolve_export  # noqa: E402
 from mevos.model import build_model, preset, save_checkpoint  # noqa: E402

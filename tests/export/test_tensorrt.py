@@ -61,7 +61,7 @@ def test_profile() -> None:
 
 
 def test_profile_shapes_follow_the_graphs() -> None:
-    from mevos.export.graphs import graph_specs
+    from mevos.model.graphs import graph_specs
     from mevos.export.tensorrt import _profile_shapes
     from mevos.model import preset
 
@@ -108,7 +108,7 @@ def test_build_and_run_engines_against_torch(tmp_path: Path, monkeypatch: pytest
     reason = tensorrt_missing()
     if reason:
         pytest.skip(reason)
-    from mevos.export.graphs import GRAPH_NAMES, graph_specs
+    from mevos.model.graphs import GRAPH_NAMES, graph_specs
     from mevos.export.onnx import export_onnx
     from mevos.export.tensorrt import build_engines
     from mevos.model import build_model, preset

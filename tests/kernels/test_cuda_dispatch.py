@@ -30,7 +30,7 @@ def _fresh_dispatch_state(monkeypatch):
 
 def test_cpu_tensors_use_the_reference():
     q, m, grid = _keys()
-    assert not ops.fused_enabled(q, m)
+    assert ops.resolve("auto", q, m) == "reference"
     got = ops.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
     want = reference.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
@@ -38,14 +38,31 @@ def test_cpu_tensors_use_the_reference():
     assert torch.equal(ops.readout(*got, vals), reference.readout(*want, vals))
 
 
-def test_force_reference_flag_turns_the_fused_path_off(monkeypatch):
+def test_impl_selects_the_code():
+    q, m, grid = _keys()
+    kw = dict(k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
+    dense = ops.topk_affinity(q, m, impl="dense", **kw)
+    want = reference.dense_topk_affinity(q, m, **kw)
+    assert torch.equal(dense[1], want[1]) and torch.equal(dense[0], want[0])
+    assert torch.equal(ops.topk_affinity(q, m, impl="reference", **kw)[1], want[1])
+    with pytest.raises(UsageError, match="no fused kernels for tensors on cpu"):
+        ops.topk_affinity(q, m, impl="fused", **kw)
+    with pytest.raises(UsageError, match="choose one of"):
+        ops.topk_affinity(q, m, impl="cuda", **kw)
+    assert ops.describe("dense", q, m, 4) == "dense reference"
+    assert ops.describe("auto", q, m, 4) == "chunked reference"
+
+
+def test_force_reference_flag_only_overrides_auto(monkeypatch):
     class FakeCuda:
         is_cuda = True
 
     monkeypatch.setattr(ops, "Tensor", FakeCuda)
-    assert ops.fused_enabled(FakeCuda(), FakeCuda())
+    assert ops.resolve("auto", FakeCuda(), FakeCuda()) == "fused"
     monkeypatch.setenv("MEVOS_FORCE_REFERENCE", "1")
-    assert not ops.fused_enabled(FakeCuda(), FakeCuda())
+    assert ops.resolve("auto", FakeCuda(), FakeCuda()) == "reference"
+    assert ops.resolve("fused", FakeCuda(), FakeCuda()) == "fused"
+    assert ops.resolve("dense", FakeCuda(), FakeCuda()) == "dense"
 
 
 @pytest.mark.parametrize(
@@ -61,21 +78,21 @@ def test_an_unavailable_kernel_warns_once_falls_back_and_stays_off(monkeypatch, 
         calls.append(1)
         raise error
 
-    monkeypatch.setattr(ops, "fused_enabled", lambda *t: ops._disabled_reason is None)
-    monkeypatch.setattr(fused, "topk_affinity", broken)
+    monkeypatch.setattr(ops, "_fused_op", lambda op, tensors: broken)
     with pytest.warns(RuntimeWarning, match="using the PyTorch reference"):
-        got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
+        got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid, impl="fused")
     want = reference.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
     assert torch.equal(got[1], want[1])
+    assert ops.resolve("auto", q, m) == "reference"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)  # no second warning, no retry
+        ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid, impl="fused")  # no second warning, no retry
     assert calls == [1]
 
 
 def test_an_unsupported_configuration_falls_back_with_one_warning_per_reason(monkeypatch):
     q, m, grid = _keys()
-    monkeypatch.setattr(ops, "fused_enabled", lambda *t: True)
+    monkeypatch.setattr(ops, "_fused_op", lambda op, tensors: getattr(fused, op))
     # Valid CPU tensors reach the support check and are refused there: the reference answers.
     with pytest.warns(RuntimeWarning, match="not on a CUDA device"):
         got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
@@ -148,3 +165,35 @@ def test_import_needs_no_cuda_python():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_launch_failure_is_one_kernel_unavailable(monkeypatch):
+    """Whatever cuda.core raises while launching becomes KernelUnavailable naming the kernel (ops
+    then turns the kernels off and answers with the reference: see the test above)."""
+    import types
+
+    class FakeKernel:
+        name = "mevos_topk_partial"
+
+    def failing_launch(*args):
+        raise RuntimeError("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
+
+    fake = types.SimpleNamespace(
+        Device=lambda i: types.SimpleNamespace(set_current=lambda: None), LEGACY_DEFAULT_STREAM=object(),
+        Stream=types.SimpleNamespace(from_handle=lambda h: h), LaunchConfig=lambda **kw: kw, launch=failing_launch,
+    )
+    monkeypatch.setattr(nvrtc, "core", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: types.SimpleNamespace(cuda_stream=0))
+    with pytest.raises(nvrtc.KernelUnavailable, match="cannot launch mevos_topk_partial on cuda:0.*OUT_OF_RESOURCES"):
+        nvrtc.launch(FakeKernel(), 0, (1, 1, 1), 128)
+
+
+def test_pinned_flags_are_a_kernel_argument():
+    assert fused._pinned_mask([True, False, True]) == (0b101, 0)
+    flags = [False] * 130
+    flags[0] = flags[64] = flags[127] = flags[129] = True  # frames past 128 are not representable
+    assert fused._pinned_mask(flags) == (1, 1 | (1 << 63))
+    q, m, _ = _keys(T=2)
+    big = torch.zeros(fused.MAX_FLAGGED_FRAMES + 1, 1, 16)
+    assert fused.topk_unsupported(q[:1], big, 3, radius=2) == "more than 128 memory frames with a locality radius"
+    assert "not on a CUDA device" in fused.topk_unsupported(q[:1], big, 3, radius=None)

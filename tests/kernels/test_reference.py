@@ -12,14 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from mevos.errors import UsageError
-from mevos.kernels.reference import (
-    dense_topk_affinity,
-    labels_from_probs,
-    propagate,
-    readout,
-    soft_aggregate,
-    topk_affinity,
-)
+from mevos.kernels.reference import dense_topk_affinity, readout, topk_affinity
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -174,7 +167,7 @@ def test_dtypes_non_contiguous_and_deterministic():
 
 
 # --------------------------------------------------------------------------------------------
-# readout and propagate
+# readout
 
 
 @pytest.mark.parametrize("objects", [1, 2, 3])
@@ -192,19 +185,6 @@ def test_readout_matches_brute_force(objects, chunk_size):
     # Other float dtypes and non-contiguous memory.
     out64 = readout(weights, indices, memory.double().t().contiguous().t(), chunk_size=chunk_size)
     np.testing.assert_allclose(out64.numpy(), out.numpy(), atol=1e-6, rtol=0)
-
-
-def test_propagate_reads_values_and_masks_with_one_affinity():
-    grid, T, k, O = (3, 5), 2, 3, 2
-    query, mem_k = keys(15, 6), keys(T, 15, 6, seed=1)
-    values, masks = keys(T, 15, O * 4, seed=2), torch.rand(T, 15, O)
-    args = dict(k=k, temperature=0.5, grid=grid, radius=1, pinned=torch.tensor([True, False]), chunk_size=4)
-    v, m = propagate(query, mem_k, values, masks, **args)
-    w, i = topk_affinity(query, mem_k, **args)
-    assert torch.equal(v, readout(w, i, values.reshape(T * 15, -1)))
-    assert torch.equal(m, readout(w, i, masks.reshape(T * 15, -1)))
-    with pytest.raises(UsageError, match="memory_masks"):
-        propagate(query, mem_k, values, torch.rand(T, 14, O), **args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,40 +314,6 @@ def test_readout_usage_errors():
     # All slots empty over an empty memory: nothing to read, not an error.
     out = readout(w, torch.full((4, 2), -1), torch.rand(0, 3))
     assert torch.equal(out, torch.zeros(4, 3))
-
-
-# --------------------------------------------------------------------------------------------
-# Soft aggregation
-
-
-def test_soft_aggregate_sums_to_one_and_ranks_like_stm():
-    probs = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(0))
-    agg = soft_aggregate(probs)
-    assert agg.shape == (4, 5, 6) and agg.dtype == torch.float32
-    assert torch.allclose(agg.sum(0), torch.ones(5, 6), atol=1e-6)
-    # STM's formulation: softmax of the logits of the clamped [background, objects].
-    full = torch.cat([(1 - probs).prod(0, keepdim=True), probs]).clamp(1e-7, 1 - 1e-7)
-    assert torch.allclose(agg, torch.softmax(torch.log(full / (1 - full)), 0), atol=1e-6)
-
-
-def test_soft_aggregate_without_objects_is_background():
-    agg = soft_aggregate(torch.zeros(0, 3, 4))
-    assert agg.shape == (1, 3, 4) and torch.allclose(agg, torch.ones(1, 3, 4))
-    labels = labels_from_probs(agg, [])
-    assert labels.dtype == torch.int64 and torch.equal(labels, torch.zeros(3, 4, dtype=torch.int64))
-
-
-def test_labels_map_channels_to_object_ids():
-    probs = torch.zeros(2, 2, 3)
-    probs[0, 0, :] = 0.9  # object 3 wins the top row
-    probs[1, 1, 1:] = 0.8  # object 7 wins two cells of the bottom row
-    labels = labels_from_probs(soft_aggregate(probs), [3, 7])
-    assert torch.equal(labels, torch.tensor([[3, 3, 3], [0, 7, 7]]))
-    for ids in ([3], [3, 3], [0, 7], [3, -1]):
-        with pytest.raises(UsageError):
-            labels_from_probs(soft_aggregate(probs), ids)
-    with pytest.raises(UsageError):
-        soft_aggregate(torch.zeros(2, 3))
 
 
 def test_grid_iteration_covers_all_small_cases():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mevos.kernels.reference import soft_aggregate, with_background
+from mevos.runtime.propagate import soft_aggregate, with_background
 from mevos.model import build_model, preset
 from mevos.runtime.backend import TorchBackend
 from mevos.runtime.tracker import Tracker, TrackerConfig

@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 
 from mevos.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from mevos.eval.evaluate import GlobalScores, evaluate_sequence  # noqa: E402
-from mevos.export.graphs import GRAPH_NAMES, graph_specs  # noqa: E402
+from mevos.model.graphs import GRAPH_NAMES, graph_specs  # noqa: E402
 from mevos.export.onnx import export_onnx  # noqa: E402
 from mevos.model import build_model, preset, save_checkpoint  # noqa: E402
 from mevos.model.network import MevosNet  # noqa: E402

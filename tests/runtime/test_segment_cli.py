@@ -115,3 +115,35 @@ def test_segment_refuses_to_overwrite(clip: tuple[Path, Path], tmp_path: Path,
     code, _, err = run_cli(["segment", str(frames), "--mask", str(mask), "--out", str(out)], capsys)
     assert code == 2 and "not empty" in err
     assert (out / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("cuda_present", [False, True], ids=["no-cuda", "cuda"])
+def test_segment_device_cuda_selects_the_fast_tracker(monkeypatch: pytest.MonkeyPatch, cuda_present: bool) -> None:
+    """The choice `mevos segment` (and serve) makes, through the function the CLI calls, with
+    torch reporting CUDA absent or present."""
+    import argparse
+
+    from mevos.errors import UsageError
+    from mevos.runtime import cli as segment_cli
+    from mevos.runtime.options import use_fast_tracker
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_present)
+    parser = argparse.ArgumentParser()
+    segment_cli.add_arguments(parser)
+
+    def choice(*extra: str) -> bool:
+        args = parser.parse_args(["frames", "--mask", "m.png", "--out", "o", *extra])
+        return use_fast_tracker(args.device, args.backend, args.fast)
+
+    assert choice() is False  # --device cpu is the default
+    with pytest.raises(UsageError, match="runs on CUDA devices, not 'cpu'"):
+        choice("--device", "cpu", "--fast")
+    assert choice("--device", "cuda") is cuda_present
+    assert choice("--device", "cuda:0") is cuda_present
+    assert choice("--device", "cuda", "--no-fast") is False
+    assert choice("--device", "cuda", "--backend", "onnxruntime") is False
+    if cuda_present:
+        assert choice("--device", "cuda", "--fast") is True
+    else:
+        with pytest.raises(UsageError, match="--fast: the fast tracker needs a CUDA GPU"):
+            choice("--device", "cuda", "--fast")

@@ -1,4 +1,5 @@
-"""The three export graphs: their names, named inputs/outputs, and symbolic shapes.
+"""The graph contract: the three stage graphs' names, named inputs/outputs and symbolic shapes,
+and the network's STRIDE. Shared by export (which writes the graphs) and runtime (which runs them).
 
 The graphs have the boundaries of the model's stage methods and carry their names (STYLE 2):
 
@@ -14,14 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
-
 from mevos.errors import InputError
 from mevos.model.config import ModelConfig
-from mevos.model.network import MevosNet
 
 GRAPH_NAMES: tuple[str, ...] = ("encode_key", "encode_value", "decode")
-STRIDE = 8
+STRIDE = 8  # output stride of the encoders; the decoder's 1/4 skip divides evenly too
 
 #: A symbolic dimension: an int, or one of the names below (resolved by `resolve_dim`).
 Dim = int | str
@@ -116,17 +114,3 @@ def input_size(graph: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int
 def check_resolution(height: int, width: int, what: str = "resolution") -> None:
     if height < STRIDE or width < STRIDE or height % STRIDE or width % STRIDE:
         raise InputError(f"{what} {height}x{width}: height and width must be positive multiples of {STRIDE}")
-
-
-class StageModule(nn.Module):
-    """One stage method of a MevosNet as a module with a plain forward, for torch.onnx.export."""
-
-    def __init__(self, model: MevosNet, stage: str) -> None:
-        super().__init__()
-        if stage not in GRAPH_NAMES:
-            raise ValueError(stage)
-        self.model = model
-        self.stage = stage
-
-    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
-        return getattr(self.model, self.stage)(*inputs)

@@ -1,4 +1,4 @@
-"""The GPU fast path (mevos.bench.fast) without a GPU: its math, run eagerly in fp32 on the CPU,
+"""The fast tracker (mevos.runtime.fast) without a GPU: its math, run eagerly in fp32 on the CPU,
 against the Tracker's; its refusals. The CUDA parts (fp16, graphs, pinned uploads, the fused
 kernels) run in `mevos bench` on a CUDA GPU and in the gpu-marked test below."""
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mevos.bench.fast import FastOptions, FastTracker, cuda_unavailable
+from mevos.runtime.fast import FastOptions, FastTracker, cuda_unavailable
 from mevos.data.synthetic import SyntheticConfig, generate
 from mevos.errors import InputError, UsageError
 from mevos.model import build_model, preset
 from mevos.runtime.backend import TorchBackend
-from mevos.runtime.tracker import Tracker, TrackerConfig
+from mevos.runtime.tracker import Tracker, TrackerConfig, track
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,7 @@ def clip():
 
 def _fast_labels(fast: FastTracker, frames, first):
     """Pipelined as a real client would: frame t queued before frame t-1's labels are read."""
-    out, prev = [], fast.step(frames[0], masks=first)
-    for f in frames[1:]:
-        cur = fast.step(f)
-        out.append(prev.labels())
-        prev = cur
-    out.append(prev.labels())
-    return out
+    return [result.labels for _, result in track(fast, frames, first)]
 
 
 def test_fast_path_math_equals_the_tracker_on_cpu(model, clip):
@@ -52,11 +46,30 @@ def test_fast_path_math_equals_the_tracker_on_cpu(model, clip):
     assert fast.used == 4 and not fast.graphs_active
 
 
+def test_fast_results_are_the_trackers_frame_results_at_a_working_resolution(model, clip):
+    """Same FrameResult (labels and probs) as the Tracker's, frames scaled to a short side, and a
+    hand-over to a Tracker that continues the session (and can add objects)."""
+    cfg = TrackerConfig(mem_frames=2, refine_rounds=1, max_short_side=32)
+    backend = TorchBackend(model)
+    tracker = Tracker(backend, cfg)
+    fast = FastTracker(model, cfg, device="cpu", options=FastOptions.eager_cpu())
+    for i, f in enumerate(clip.frames[:5]):
+        masks = clip.labels[0] if i == 0 else None
+        want, got = tracker.step(f, masks=masks), fast.step(f, masks=masks)
+        assert got.object_ids == want.object_ids and got.index == want.index
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_allclose(got.probs, want.probs, atol=1e-5)
+    handed = fast.to_tracker(backend)
+    want, got = tracker.step(clip.frames[5]), handed.step(clip.frames[5])
+    np.testing.assert_array_equal(got.labels, want.labels)
+    new = np.where(clip.labels[6] == 1, 9, 0).astype(np.uint8)
+    assert handed.step(clip.frames[6], masks=new).object_ids == (1, 2, 9)
+
+
 def test_profile_charges_every_stage(model, clip):
     fast = FastTracker(model, TrackerConfig(mem_frames=2), device="cpu", options=FastOptions.eager_cpu())
     fast.step(clip.frames[0], masks=clip.labels[0])
-    prof: dict[str, float] = {}
-    fast.step(clip.frames[1], profile=prof).labels()
+    prof = fast.step(clip.frames[1], profile=True).stages
     assert set(prof) == {"upload", "encode_key", "affinity_topk", "readout", "refine", "memory_write", "postprocess"}
     assert all(v >= 0 for v in prof.values())
 
@@ -67,8 +80,6 @@ def test_fast_path_refusals(model, clip):
             FastTracker(model)  # the default options need CUDA
         with pytest.raises(UsageError, match="needs a CUDA GPU"):
             FastTracker(model, device="cpu", options=FastOptions(fp16=False, cuda_graphs=False, channels_last=False))
-    with pytest.raises(UsageError, match="short_side"):
-        FastTracker(model, TrackerConfig(short_side=32), device="cpu", options=FastOptions.eager_cpu())
     fast = FastTracker(model, device="cpu", options=FastOptions.eager_cpu())
     with pytest.raises(InputError, match="needs a mask"):
         fast.step(clip.frames[0])
@@ -77,6 +88,8 @@ def test_fast_path_refusals(model, clip):
     fast.step(clip.frames[0], masks=clip.labels[0])
     with pytest.raises(UsageError, match="first frame only"):
         fast.step(clip.frames[1], masks=clip.labels[1])
+    with pytest.raises(UsageError, match="first frame only"):
+        fast.step(clip.frames[1], remove=[1])
     with pytest.raises(InputError, match="differs"):
         fast.step(clip.frames[1][:32])
 
@@ -106,6 +119,7 @@ def test_fast_measurements_run_eagerly_on_cpu(model, clip, tmp_path):
     assert r["frames_timed"] == 6 and r["fps"] > 0 and r["cuda_graphs"] is False
     p = profile_fast(model, cfg, clip.frames, clip.labels[0], 4, 3, cpu, opts)
     assert p["stages_ms"]["refine"]["n"] == 3 and p["host_syncs_per_frame"] is None
+    assert p["affinity_path"] == "chunked reference"
     write_synthetic(clip, tmp_path / "davis", resolution="480p")
     jf = jf_parity(model, cfg, tmp_path / "davis", (), cpu, opts)
     assert jf["sequences"] == [clip.name] and 0 <= jf["jf_reference"] <= 1
