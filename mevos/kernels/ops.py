@@ -1,7 +1,9 @@
-"""The propagation ops the runtime calls: the fused CUDA kernels for CUDA tensors, else the reference.
+"""The propagation ops the runtime calls: fused kernels where there are some, else the reference.
 
 Dispatch, per call:
 - CUDA tensors, MEVOS_FORCE_REFERENCE unset, kernels usable -> `mevos.kernels.fused`;
+- CPU tensors, MEVOS_FORCE_REFERENCE unset -> `mevos.kernels.cpu.topk_affinity` (the compiled
+  CPU operator; it runs the reference itself, after one warning, when it cannot be built);
 - everything else -> `mevos.kernels.reference` (the oracle, same signatures and results).
 A CUDA call the kernels cannot serve falls back to the reference with a warning, once per reason:
 cuda-core missing (`pip install 'mevos[gpu]'`), a compile or load failure (then the kernels stay
@@ -39,6 +41,13 @@ def fused_enabled(*tensors: Tensor) -> bool:
     return all(isinstance(t, Tensor) and t.is_cuda for t in tensors)
 
 
+def _cpu_enabled(*tensors: Tensor) -> bool:
+    """Whether a call on these tensors goes to the compiled CPU operator: all on the CPU, not forced off."""
+    if env.flag("MEVOS_FORCE_REFERENCE"):
+        return False
+    return all(isinstance(t, Tensor) and t.device.type == "cpu" for t in tensors)
+
+
 def _disable(exc: Exception) -> None:
     global _disabled_reason
     _disabled_reason = str(exc)
@@ -56,7 +65,13 @@ def topk_affinity(
     radius: int | None = None,
     chunk_size: int = 1024,
 ) -> tuple[Tensor, Tensor]:
-    """See mevos.kernels.reference.topk_affinity (the contract); fused on CUDA tensors."""
+    """See mevos.kernels.reference.topk_affinity (the contract); fused on CUDA and CPU tensors."""
+    if _cpu_enabled(query, memory):
+        from mevos.kernels import cpu
+
+        return cpu.topk_affinity(
+            query, memory, k=k, temperature=temperature, grid=grid, pinned=pinned, radius=radius, chunk_size=chunk_size
+        )
     if fused_enabled(query, memory):
         from mevos.kernels import fused, nvrtc
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mevos.errors import MissingExtraError, UsageError
-from mevos.kernels import fused, nvrtc, ops, reference
+from mevos.kernels import cpu, fused, nvrtc, ops, reference
 
 
 def _keys(T=3, h=5, w=7, C=16, seed=0):
@@ -28,14 +28,22 @@ def _fresh_dispatch_state(monkeypatch):
     monkeypatch.delenv("MEVOS_FORCE_REFERENCE", raising=False)
 
 
-def test_cpu_tensors_use_the_reference():
+def test_cpu_tensors_use_the_cpu_operator_or_the_forced_reference(monkeypatch):
     q, m, grid = _keys()
     assert not ops.fused_enabled(q, m)
-    got = ops.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
-    want = reference.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    args = dict(k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
+    calls = []
+    real = cpu.topk_affinity
+    monkeypatch.setattr(cpu, "topk_affinity", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    got = ops.topk_affinity(q, m, **args)
+    want = reference.topk_affinity(q, m, **args)
+    assert calls == [1]
+    assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0], atol=1e-5, rtol=0)
+    monkeypatch.setenv("MEVOS_FORCE_REFERENCE", "1")
+    forced = ops.topk_affinity(q, m, **args)
+    assert calls == [1] and torch.equal(forced[0], want[0]) and torch.equal(forced[1], want[1])
     vals = torch.randn(m.shape[0] * m.shape[1], 8)
-    assert torch.equal(ops.readout(*got, vals), reference.readout(*want, vals))
+    assert torch.equal(ops.readout(*want, vals), reference.readout(*want, vals))
 
 
 def test_force_reference_flag_turns_the_fused_path_off(monkeypatch):
@@ -62,6 +70,7 @@ def test_an_unavailable_kernel_warns_once_falls_back_and_stays_off(monkeypatch, 
         raise error
 
     monkeypatch.setattr(ops, "fused_enabled", lambda *t: ops._disabled_reason is None)
+    monkeypatch.setattr(ops, "_cpu_enabled", lambda *t: False)  # these CPU tensors stand for CUDA ones
     monkeypatch.setattr(fused, "topk_affinity", broken)
     with pytest.warns(RuntimeWarning, match="using the PyTorch reference"):
         got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
@@ -76,6 +85,7 @@ def test_an_unavailable_kernel_warns_once_falls_back_and_stays_off(monkeypatch, 
 def test_an_unsupported_configuration_falls_back_with_one_warning_per_reason(monkeypatch):
     q, m, grid = _keys()
     monkeypatch.setattr(ops, "fused_enabled", lambda *t: True)
+    monkeypatch.setattr(ops, "_cpu_enabled", lambda *t: False)
     # Valid CPU tensors reach the support check and are refused there: the reference answers.
     with pytest.warns(RuntimeWarning, match="not on a CUDA device"):
         got = ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid)
