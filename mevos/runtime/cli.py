@@ -19,6 +19,7 @@ import time
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mevos.runtime.options import add_model_arguments, add_tracker_arguments
+    from mevos.runtime.threads import add_threads_argument
 
     parser.add_argument("source", help="folder of frames (sorted by name) or a video file")
     parser.add_argument("--mask", required=True, help="label PNG of the first frame (0 = background, 1..255 = objects)")
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     add_model_arguments(parser)
+    add_threads_argument(parser)
     add_tracker_arguments(parser)
 
 
@@ -38,14 +40,17 @@ def run(args: argparse.Namespace) -> int:
     from mevos.data.video import open_frames
     from mevos.runtime.backend import create_backend
     from mevos.runtime.options import tracker_config_from_args
+    from mevos.runtime.threads import configure_threads
     from mevos.runtime.tracker import Tracker
     from mevos.runtime.weights import describe_weights
 
+    threads = configure_threads(args.threads)
     config = tracker_config_from_args(args)
     source = open_frames(args.source)
     mask = read_first_mask(args.mask, source)
     backend = create_backend(args.backend, args.checkpoint, device=args.device, precision=args.precision)
-    print(f"mevos segment: {describe_weights(args.checkpoint)}; backend {backend.name} on {backend.device}",
+    print(f"mevos segment: {describe_weights(args.checkpoint)}; backend {backend.name} on {backend.device}, "
+          f"{threads} CPU thread(s)",
           file=sys.stderr)
     tracker = Tracker(backend, config)
     total = source.num_frames if args.max_frames is None else min(args.max_frames, source.num_frames or args.max_frames)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mevos.errors import InputError, UsageError
-from mevos.kernels.reference import label_masks, soft_aggregate, with_background
+from mevos.kernels.reference import channel_argmax, label_masks, soft_aggregate, with_background
 from mevos.runtime.backend import Backend
 from mevos.runtime.geometry import STRIDE, Geometry
 from mevos.runtime.memory import AffinityConfig, MemoryBank
@@ -170,7 +170,7 @@ class Tracker:
         self._memorise(image, query, probs, pinned=given is not None)
         full = geo.to_input(dist)  # (O+1) x H x W
         lut = torch.tensor([0, *ids], dtype=torch.uint8, device=full.device)
-        labels = lut[full.argmax(dim=0)]
+        labels = lut[channel_argmax(full)]
         if given is not None:
             # Given pixels are returned exactly as given, not as resampled by the working resolution.
             given_ids = torch.unique(given)
