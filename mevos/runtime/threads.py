@@ -5,7 +5,7 @@ the ones other processes keep busy (the 1-minute load average, rounded), at leas
 torch's own default (the physical cores). Why: torch's OpenMP threads wait for each other at the
 end of every op, so one thread descheduled by another job stalls them all; on a 2-core machine
 with one busy job, 20 frames of car-shadow took 78 s with torch's 2 threads and 7.9 s with one
-(issue 12), and benchmarks/results/threads_cpu.json measures the same here. On an idle machine
+(issue 12), and benchmarks/results/cpu_threads.json measures the same here. On an idle machine
 the rule gives every core.
 """
 
