@@ -34,12 +34,12 @@ from torch import Tensor
 from mevos import env
 from mevos.errors import UsageError
 from mevos.kernels import reference
-from mevos.kernels.reference import _NONFINITE, _check_affinity_args, _check_chunk_size
+from mevos.kernels.reference import _NONFINITE, _check_affinity_args, _check_chunk_size, check_readout_args
 
-__all__ = ["topk_affinity", "available", "reason", "library_path"]
+__all__ = ["topk_affinity", "readout", "available", "reason", "library_path"]
 
 SOURCE = Path(__file__).with_name("csrc") / "topk_cpu.cpp"
-_ABI = 1
+_ABI = 2
 # -O3 -march=native: the micro-kernel's vectors fill the machine's registers (the library is
 # keyed by the CPU's flags, so a cache copied to another machine is rebuilt, not crashed).
 # -ffp-contract=fast: one FMA per term, as the source's comments assume; no -ffast-math (NaN
@@ -122,6 +122,8 @@ def _load(compiler: str | None) -> tuple[ctypes.CDLL | None, str | None, Path | 
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.mevos_topk_affinity.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, ptr]
     lib.mevos_topk_affinity.restype = ctypes.c_int
+    lib.mevos_readout.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ptr]
+    lib.mevos_readout.restype = ctypes.c_int
     return lib, None, path
 
 
@@ -138,6 +140,16 @@ def reason() -> str | None:
 def library_path() -> Path | None:
     """The compiled library in the cache, or None when unavailable."""
     return _load(_compiler())[2]
+
+
+def _library_or_warn() -> ctypes.CDLL | None:
+    lib, why, _ = _load(_compiler())
+    if lib is None:
+        message = f"compiled CPU affinity unavailable: {why}; using the PyTorch reference"
+        if message not in _warned:
+            _warned.add(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return lib
 
 
 def topk_affinity(
@@ -165,17 +177,15 @@ def topk_affinity(
     _check_chunk_size(chunk_size)
     if query.device.type != "cpu":
         raise UsageError(f"mevos.kernels.cpu needs CPU tensors, got {query.device}")
-    lib, why, _ = _load(_compiler())
+    lib = _library_or_warn()
     if lib is None:
-        message = f"compiled CPU affinity unavailable: {why}; using the PyTorch reference"
-        if message not in _warned:
-            _warned.add(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
         return reference.topk_affinity(
             query, memory, k=k, temperature=temperature, grid=grid, pinned=pinned, radius=radius, chunk_size=chunk_size
         )
     h, w = grid
     T, P, C = memory.shape
+    if radius is not None and radius >= max(h, w) - 1:
+        radius = None  # a window covering the whole grid is no limit (as in the reference)
     # Scaled exactly as the reference scales it, so both rank the same float32 scores.
     q = (query.float() / temperature).contiguous()
     m = memory.float().contiguous()
@@ -191,3 +201,36 @@ def topk_affinity(
     if bad:
         raise UsageError(_NONFINITE)
     return out_w, out_i
+
+
+
+def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """Weighted sum of memory rows, on the CPU: `mevos.kernels.reference.readout`'s contract.
+
+    weights P x k, indices P x k (int64, -1 = empty slot), memory M x C (any float dtype).
+    Returns P x C float32: out[p] = sum_j weights[p, j] * memory[indices[p, j]], summed in slot
+    order straight from the memory rows (the reference gathers chunk x k x C rows first).
+    chunk_size is validated and ignored. Falls back to the reference like topk_affinity.
+    """
+    check_readout_args(weights, indices, memory, chunk_size)
+    if memory.device.type != "cpu":
+        raise UsageError(f"mevos.kernels.cpu needs CPU tensors, got {memory.device}")
+    lib = _library_or_warn()
+    if lib is None:
+        return reference.readout(weights, indices, memory, chunk_size=chunk_size)
+    P, k = weights.shape
+    M, C = memory.shape
+    w = weights.float().contiguous()
+    i = indices.contiguous()
+    m = memory.float().contiguous()
+    out = torch.empty(P, C, dtype=torch.float32)
+    if lib.mevos_readout(w.data_ptr(), i.data_ptr(), m.data_ptr(), P, k, M, C, torch.get_num_threads(), out.data_ptr()):
+        raise UsageError(f"indices must lie in [-1, {M - 1}] for a memory of {M} rows")
+    return out
+
+
+if __name__ == "__main__":  # `python -m mevos.kernels.cpu`: build now (make install does), say what happened
+    if available():
+        print(f"mevos CPU affinity operator: {library_path()}")
+    else:
+        print(f"mevos CPU affinity operator unavailable, the PyTorch reference will run: {reason()}")

@@ -2,8 +2,8 @@
 
 Dispatch, per call:
 - CUDA tensors, MEVOS_FORCE_REFERENCE unset, kernels usable -> `mevos.kernels.fused`;
-- CPU tensors, MEVOS_FORCE_REFERENCE unset -> `mevos.kernels.cpu.topk_affinity` (the compiled
-  CPU operator; it runs the reference itself, after one warning, when it cannot be built);
+- CPU tensors, MEVOS_FORCE_REFERENCE unset -> `mevos.kernels.cpu` (the compiled CPU operators;
+  they run the reference themselves, after one warning, when they cannot be built);
 - everything else -> `mevos.kernels.reference` (the oracle, same signatures and results).
 A CUDA call the kernels cannot serve falls back to the reference with a warning, once per reason:
 cuda-core missing (`pip install 'mevos[gpu]'`), a compile or load failure (then the kernels stay
@@ -89,7 +89,11 @@ def topk_affinity(
 
 
 def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024) -> Tensor:
-    """See mevos.kernels.reference.readout (the contract); fused on CUDA tensors."""
+    """See mevos.kernels.reference.readout (the contract); fused on CUDA and CPU tensors."""
+    if _cpu_enabled(weights, indices, memory):
+        from mevos.kernels import cpu
+
+        return cpu.readout(weights, indices, memory, chunk_size=chunk_size)
     if fused_enabled(weights, indices, memory):
         from mevos.kernels import fused, nvrtc
 

@@ -200,7 +200,40 @@ bool run_block(const Problem& pb, int64_t y, int64_t x0, int nq, std::vector<flo
 
 extern "C" {
 
-int mevos_cpu_abi_version() { return 1; }
+int mevos_cpu_abi_version() { return 2; }
+
+// out[p] = sum_j weights[p, j] * memory[indices[p, j]] over the slots j with an index >= 0, in
+// slot order, without gathering the rows into a temporary. Returns 1 (output undefined) when an
+// index is outside [-1, M).
+int mevos_readout(const float* weights, const int64_t* indices, const float* memory, int64_t P, int64_t k, int64_t M,
+                  int64_t C, int64_t threads, float* out) {
+  for (int64_t i = 0; i < P * k; ++i)
+    if (indices[i] < -1 || indices[i] >= M) return 1;
+  constexpr int64_t ROWS = 16;  // output rows per job
+  const int64_t jobs = (P + ROWS - 1) / ROWS;
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < jobs;) {
+      for (int64_t p = b * ROWS; p < std::min(P, (b + 1) * ROWS); ++p) {
+        float* __restrict o = out + p * C;
+        std::fill(o, o + C, 0.0f);
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t m = indices[p * k + j];
+          if (m < 0) continue;
+          const float wj = weights[p * k + j];
+          const float* __restrict row = memory + m * C;
+          for (int64_t c = 0; c < C; ++c) o[c] += wj * row[c];
+        }
+      }
+    }
+  };
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(threads, jobs));
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < n; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+  return 0;
+}
 
 // Returns 0 on success, 1 when a score was not finite (outputs then undefined).
 int mevos_topk_affinity(const float* query, const float* memory, const uint8_t* pinned, int64_t T, int64_t P,
