@@ -5,8 +5,9 @@ the ones other processes keep busy (the 1-minute load average, rounded), at leas
 torch's own default (the physical cores). Why: torch's OpenMP threads wait for each other at the
 end of every op, so one thread descheduled by another job stalls them all; on a 2-core machine
 with one busy job, 20 frames of car-shadow took 78 s with torch's 2 threads and 7.9 s with one
-(issue 12), and benchmarks/results/cpu_threads.json measures the same here. On an idle machine
-the rule gives every core.
+(issue 12). benchmarks/results/cpu_threads.json (`mevos segment`, 20 frames, load 3-4 from other
+work on 2 cores): 5.3-5.5 s with 1 thread against 15-19 s with 2; with one more busy process
+6.9-11.5 s against 31-44 s. The rule chose 1 in every case. On an idle machine it gives every core.
 """
 
 from __future__ import annotations
