@@ -10,7 +10,10 @@ stages are timed through wrappers around the backend's encoders and kernels.ops 
 tracker calls), never a copy of the loop. Steady state = the frames after the memory is full.
 The label maps of the two trees are compared pixel by pixel over every frame.
 
-    python benchmarks/cpu_endtoend.py --before /tmp/mevos-bf8564f     # a worktree at bf8564f
+    python benchmarks/cpu_endtoend.py --before /tmp/mevos-bf8564f --cli   # a worktree at bf8564f
+
+--cli also runs the real `mevos segment` command over the whole sequence in each tree (wall time,
+and its PNGs compared pixel by pixel).
 
 Writes benchmarks/results/cpu_endtoend.json and .png.
 """
@@ -120,6 +123,38 @@ def run_worker(tree: Path, cfg: dict, threads: int, frames: int, sequence: str, 
     return doc
 
 
+def segment_cli(tree: Path, threads: int | None, sequence: str, out: Path) -> dict:
+    """The real `mevos segment` on the whole sequence (default settings, no overlay video): wall
+    time of the command and its own FPS line. threads None: the tree's own default (before issue 12:
+    torch's; after: the rule); else OMP_NUM_THREADS for the old tree, --threads for the new one."""
+    import re
+
+    cmd = [sys.executable, "-m", "mevos", "segment", str(DAVIS / "JPEGImages" / "480p" / sequence), "--mask",
+           str(DAVIS / "Annotations" / "480p" / sequence / "00000.png"), "--out", str(out), "--force", "--overlay", "none"]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    if threads is not None:
+        if tree == REPO:
+            cmd += ["--threads", str(threads)]
+        else:
+            env["OMP_NUM_THREADS"] = str(threads)
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env=env, cwd=str(tree), check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    fps = re.search(r"([0-9.]+) FPS", done.stdout)
+    return {"command": shlex.join(cmd[1:]), "env_threads": threads, "wall_s": wall,
+            "fps_printed": float(fps.group(1)) if fps else None}
+
+
+def same_pngs(a: Path, b: Path) -> float:
+    import numpy as np
+    from PIL import Image
+
+    pa, pb = sorted(a.glob("*.png")), sorted(b.glob("*.png"))
+    assert [p.name for p in pa] == [p.name for p in pb] and pa, (a, b)
+    same = sum(int((np.asarray(Image.open(x)) == np.asarray(Image.open(y))).sum()) for x, y in zip(pa, pb))
+    return same / sum(np.asarray(Image.open(x)).size for x in pa)
+
+
 def summarise(doc: dict, steady_from: int) -> dict:
     steady = doc["per_frame_s"][steady_from:]
     st = doc["stages_s"][steady_from:]
@@ -179,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequence", default="car-shadow", help="DAVIS-2016 sequence (default car-shadow)")
     parser.add_argument("--configs", default="240p:1,240p:4,480p:1,480p:4",
                         help="SIZE:OBJECTS list; 240p = the default settings, 480p = --short-side 480")
+    parser.add_argument("--cli", action="store_true",
+                        help="also run the real `mevos segment` on the whole sequence: before with the same threads "
+                             "and with its default threads, after with its default")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if args.worker:
@@ -215,6 +253,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['after']['fps_steady']:.2f} FPS = {row['speedup_steady']:.2f}x; same labels on "
                   f"{100 * row['same_label_pixels']:.3f}% of pixels; stages after (ms) "
                   + ", ".join(f"{k} {v:.0f}" for k, v in row["after"]["stage_ms"].items()), flush=True)
+        cli = {}
+        if args.cli:
+            runs = {"before_same_threads": (args.before, threads), "after_default": (REPO, None),
+                    "before_default_threads": (args.before, None)}
+            for name, (tree, n) in runs.items():
+                cli[name] = segment_cli(tree, n, args.sequence, Path(tmp) / f"cli-{name}")
+                cli[name]["load_average_after"] = load_average()
+                print(f"mevos segment {name}: {cli[name]['wall_s']:.1f} s, {cli[name]['fps_printed']} FPS", flush=True)
+            cli["same_label_pixels_before_after"] = same_pngs(Path(tmp) / "cli-before_same_threads",
+                                                              Path(tmp) / "cli-after_default")
+            cli["speedup_wall_same_threads"] = cli["before_same_threads"]["wall_s"] / cli["after_default"]["wall_s"]
+            cli["speedup_wall_vs_before_defaults"] = cli["before_default_threads"]["wall_s"] / cli["after_default"]["wall_s"]
+            print(f"mevos segment: {cli['speedup_wall_same_threads']:.2f}x at the same threads, "
+                  f"{cli['speedup_wall_vs_before_defaults']:.2f}x against the old defaults; same labels on "
+                  f"{100 * cli['same_label_pixels_before_after']:.3f}% of pixels", flush=True)
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {
         "benchmark": "cpu_endtoend",
@@ -226,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "sequence": args.sequence, "frames": args.frames, "steady_from_frame": steady_from,
         "timed": "Tracker.step per frame (the loop of mevos segment; JPEG decoding and PNG writing excluded)",
         "results": results,
+        "segment_cli": cli or None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "cpu_endtoend.json"
