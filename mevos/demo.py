@@ -24,7 +24,8 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def background_server(checkpoint: str | None, log_path: Path, timeout: float = 120.0) -> Iterator[str]:
+def background_server(checkpoint: str | None, log_path: Path, timeout: float = 120.0,
+                      threads: int | None = None) -> Iterator[str]:
     """`mevos serve` on a free loopback port for the duration of the block; yields HOST:PORT.
     The server gets SIGTERM (then SIGKILL after 30 s) on the way out, whatever happened."""
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log:
@@ -33,6 +34,8 @@ def background_server(checkpoint: str | None, log_path: Path, timeout: float = 1
                "--port-file", str(port_file), "--metrics-port", "0", "--log-format", "text"]
         if checkpoint:
             cmd += ["--model", checkpoint]
+        if threads:
+            cmd += ["--threads", str(threads)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + timeout
@@ -59,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=3, help="objects in the generated video (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated video (default 0)")
     parser.add_argument("--checkpoint", default=None, help="weights to run (default: the shipped ones)")
+    from mevos.runtime.threads import add_threads_argument, default_threads
+
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    threads = args.threads if args.threads is not None else default_threads()
+    if threads < 1:
+        parser.error("--threads must be >= 1")
 
     from tqdm import tqdm
 
@@ -82,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{video.num_objects} objects, seed {args.seed}")
 
     preds = []
-    with background_server(args.checkpoint, tmp / "server.log") as target, TrackingClient(target) as client:
+    with background_server(args.checkpoint, tmp / "server.log", threads=threads) as target, TrackingClient(target) as client:
         client.wait_ready(timeout=60)
         device = client.server_info().device
-        print(f"demo: streaming through mevos serve at {target} (gRPC)", file=sys.stderr)
+        print(f"demo: streaming through mevos serve at {target} (gRPC), {threads} CPU thread(s)", file=sys.stderr)
         t0 = time.perf_counter()
         with VideoWriter(tmp / "overlay.mp4", fps=12.0) as writer:
             # PNG frames are lossless, so the server segments exactly the generated pixels.

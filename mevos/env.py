@@ -7,8 +7,9 @@ from pathlib import Path
 
 #: name -> what it does. `mevos --help` prints this table.
 VARIABLES: dict[str, str] = {
-    "MEVOS_FORCE_REFERENCE": "1 = affinity_impl 'auto' uses the pure-PyTorch reference even for CUDA tensors (no fused kernels)",
+    "MEVOS_FORCE_REFERENCE": "1 = affinity_impl 'auto' uses the pure-PyTorch reference (no fused CUDA kernels, no compiled CPU operator)",
     "MEVOS_CACHE_DIR": "where compiled kernels and other caches go (default: ~/.cache/mevos)",
+    "MEVOS_CXX": "C++ compiler for the CPU affinity operator (default: c++, g++ or clang++ on PATH)",
     "MEVOS_TOKEN": "bearer token the gRPC server requires and the client sends (see `mevos serve --help`)",
 }
 

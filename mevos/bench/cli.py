@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights to run (default: the default weights for small, seeded weights otherwise)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads of torch and ONNX Runtime (default: 1 for --quick, else the libraries' "
-                             "choice; 0 = the libraries' choice)")
+                        help="CPU threads of torch and ONNX Runtime (default: 1 for --quick and tiny, else the "
+                             "usable cores less those other processes keep busy (mevos.runtime.threads); "
+                             "0 = the libraries' choice)")
     g = parser.add_argument_group("grid (override the plan)")
     g.add_argument("--presets", type=_names, default=None, help="model presets, e.g. small,r18")
     g.add_argument("--resolutions", type=_names, default=None, help="e.g. 240p,480p,720p or WxH")
@@ -111,6 +112,10 @@ def _plan(args: argparse.Namespace):  # noqa: ANN202
         if args.threads < 0:
             raise UsageError("--threads must be >= 0")
         changes["threads"] = args.threads or None
+    elif plan.threads is None:
+        from mevos.runtime.threads import default_threads
+
+        changes["threads"] = default_threads()
     if args.resolutions is not None:
         changes["e2e_resolutions"] = tuple(r for r in plan.e2e_resolutions if r in args.resolutions) or \
             args.resolutions[:1]

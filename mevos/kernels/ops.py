@@ -6,7 +6,9 @@
 impl (AffinityConfig.impl, passed down by the memory bank):
 - "reference": `mevos.kernels.reference`, the chunked PyTorch oracle; runs everywhere.
 - "dense": the brute-force baseline (the full P x T*P score matrix: the paper code's path).
-- "fused": the fused kernels for the tensors' device (`_fused_op`; CUDA: `mevos.kernels.fused`).
+- "fused": the fused kernels for the tensors' device (`_fused_op`; CUDA: `mevos.kernels.fused`;
+  CPU: `mevos.kernels.cpu`, a C++ operator built with the system compiler on first use, which runs
+  the reference itself, after one warning, where it cannot be built).
   Asking for them where there are none for the device is a UsageError.
 - "auto": "fused" where the device has fused kernels, else "reference". MEVOS_FORCE_REFERENCE=1
   turns "auto" into "reference" (it never overrides an explicit choice).
@@ -58,6 +60,10 @@ def _fused_op(op: str, tensors: tuple[Any, ...]) -> Callable[..., Any] | None:
         from mevos.kernels import fused
 
         return getattr(fused, op)  # type: ignore[no-any-return]
+    if all(isinstance(t, Tensor) and t.device.type == "cpu" for t in tensors):
+        from mevos.kernels import cpu
+
+        return getattr(cpu, op)  # type: ignore[no-any-return]
     return None
 
 
@@ -88,7 +94,9 @@ def describe(impl: str, query: Tensor, memory: Tensor, k: int) -> str:
 
         why = fused.topk_unsupported(query, memory, k)  # (the radius limit needs > 128 frames)
         return "fused CUDA kernel" if why is None else f"chunked reference ({why})"
-    return "fused kernel"
+    from mevos.kernels import cpu
+
+    return "compiled CPU operator" if cpu.available() else f"chunked reference ({cpu.reason()})"
 
 
 def _call_fused(fn: Callable[..., Any], fallback: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:

@@ -112,8 +112,18 @@ class ResNet(nn.Module):
             elif isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)
 
+    def _pool(self, x: Tensor) -> Tensor:
+        # torch's CPU max_pool2d is about 3x faster over channels-last than over NCHW (37 vs 12 ms
+        # for 64 x 120 x 216 on one core), with the same values. Inference only (training and
+        # export keep the plain op).
+        if (x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()
+                and not torch.compiler.is_exporting()):
+            return self.maxpool(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self.maxpool(x)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self._pool(self.relu(self.bn1(self.conv1(x))))
         res2 = self.layer1(x)
         res3 = self.layer2(res2)
         if self.layer3 is None:  # skips_only: the stride-8 skip stands in for the features

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mevos.runtime.options import add_model_arguments, add_tracker_arguments
+    from mevos.runtime.threads import add_threads_argument
 
     parser.add_argument("source", help="folder of frames (sorted by name) or a video file")
     parser.add_argument("--mask", required=True, help="label PNG of the first frame (0 = background, 1..255 = objects)")
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     add_model_arguments(parser)
+    add_threads_argument(parser)
     add_tracker_arguments(parser)
 
 
@@ -42,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from mevos.data.video import open_frames
     from mevos.model.weights import describe_weights
     from mevos.runtime.options import tracker_config_from_args
+    from mevos.runtime.threads import configure_threads
     from mevos.runtime.tracker import track
 
+    threads = configure_threads(args.threads)
     config = tracker_config_from_args(args)
     source = open_frames(args.source)
     mask = read_first_mask(args.mask, source)
     tracker, what = make_tracker(args, config)
-    print(f"mevos segment: {describe_weights(args.checkpoint)}; {what}", file=sys.stderr)
+    print(f"mevos segment: {describe_weights(args.checkpoint)}; {what}, {threads} CPU thread(s)", file=sys.stderr)
     total = source.num_frames if args.max_frames is None else min(args.max_frames, source.num_frames or args.max_frames)
     t0 = time.perf_counter()
     with ResultWriter(args.out, source, force=args.force, overlay=args.overlay) as results, \

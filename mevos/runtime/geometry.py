@@ -71,7 +71,9 @@ class Geometry:
         """probs C x H'' x W'' -> C x H x W: crop the padding, resize back to the frame size."""
         x = probs[:, : self.scaled[0], : self.scaled[1]]
         if self.scaled != self.size:
-            x = F.interpolate(x.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False)[0]
+            # The crop is a strided view; torch's CPU bilinear resize is ~3x faster on a contiguous
+            # copy (same values).
+            x = F.interpolate(x.contiguous().unsqueeze(0), size=self.size, mode="bilinear", align_corners=False)[0]
         return x
 
     def _pad(self, x: Tensor, mode: str) -> Tensor:

@@ -113,6 +113,16 @@ def distribution(probs: Tensor, aggregated: bool) -> Tensor:
     return with_background(probs) if aggregated else soft_aggregate(probs)
 
 
+def channel_argmax(x: Tensor) -> Tensor:
+    """x.argmax(dim=0): C x H x W (or C x ...) -> H x W int64, the first channel on ties.
+
+    The same torch.argmax, over the last dim of a channels-last copy: torch's CPU reduction over a
+    leading dim of a few channels walks memory with a stride and is slow (2 x 480 x 854: 39 ms
+    on one core, 9 ms this way, copy included).
+    """
+    return x.movedim(0, -1).contiguous().argmax(dim=-1)
+
+
 def label_masks(probs_with_bg: Tensor) -> Tensor:
     """The label map of a distribution as one binary mask per object.
 
@@ -121,7 +131,7 @@ def label_masks(probs_with_bg: Tensor) -> Tensor:
     which a CUDA graph cannot hold.
     """
     channels = torch.arange(probs_with_bg.shape[0], device=probs_with_bg.device).view(-1, 1, 1)
-    return (probs_with_bg.argmax(dim=0, keepdim=True) == channels)[1:]
+    return (channel_argmax(probs_with_bg).unsqueeze(0) == channels)[1:]
 
 
 def memory_entry(net: StageNet, image: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,4 +148,4 @@ def memory_entry(net: StageNet, image: Tensor, masks: Tensor) -> tuple[Tensor, T
 def label_map(full: Tensor, lut: Tensor) -> Tensor:
     """full (O+1) x H x W distribution at the input size, lut (O+1) uint8 = [0, *object ids]
     -> H x W uint8 label map (argmax; the first channel wins ties)."""
-    return lut[full.argmax(dim=0)]
+    return lut[channel_argmax(full)]

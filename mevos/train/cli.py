@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "quality-against-compute curve (default 0: none)")
     parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per process (default: the usable cores less those other processes "
+                             "keep busy, by the 1-minute load average, shared by the processes of a torchrun; at least 1)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--rank-weights", action="store_true",
@@ -63,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if resume == "auto":
         resume = str(out / "last.pt") if (out / "last.pt").is_file() else None
     distributed = init_distributed()
+    from mevos.runtime.threads import configure_threads
+
+    world = torch.distributed.get_world_size() if distributed else 1
+    threads = configure_threads(args.threads, processes=world)
     try:
         options = RunOptions(
             out=out, checkpoint_every=args.checkpoint_every, log_every=args.log_every, max_steps=args.max_steps,
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             eval_short_side=args.eval_short_side, progress=not args.no_progress,
             command="mevos train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"]
             else "mevos train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            export=Path(args.export) if args.export else None, threads=args.threads,
+            export=Path(args.export) if args.export else None, threads=threads,
             rank_weights=args.rank_weights, exclude=tuple(Path(e) for e in args.exclude),
             snapshot_every=args.snapshot_every,
         )

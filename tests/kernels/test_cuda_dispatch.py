@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mevos.errors import MissingExtraError, UsageError
-from mevos.kernels import fused, nvrtc, ops, reference
+from mevos.kernels import cpu, fused, nvrtc, ops, reference
 
 
 def _keys(T=3, h=5, w=7, C=16, seed=0):
@@ -28,14 +28,23 @@ def _fresh_dispatch_state(monkeypatch):
     monkeypatch.delenv("MEVOS_FORCE_REFERENCE", raising=False)
 
 
-def test_cpu_tensors_use_the_reference():
+def test_cpu_tensors_use_the_cpu_operator_or_the_forced_reference(monkeypatch):
     q, m, grid = _keys()
+    assert ops.resolve("auto", q, m) == "fused"  # the compiled CPU operator (or its own fallback)
+    args = dict(k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
+    calls = []
+    real = cpu.topk_affinity
+    monkeypatch.setattr(cpu, "topk_affinity", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    got = ops.topk_affinity(q, m, **args)
+    want = reference.topk_affinity(q, m, **args)
+    assert calls == [1]
+    assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0], atol=1e-5, rtol=0)
+    monkeypatch.setenv("MEVOS_FORCE_REFERENCE", "1")
     assert ops.resolve("auto", q, m) == "reference"
-    got = ops.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
-    want = reference.topk_affinity(q, m, k=4, temperature=0.05, grid=grid, radius=1, pinned=torch.tensor([True, False, False]))
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    forced = ops.topk_affinity(q, m, **args)
+    assert calls == [1] and torch.equal(forced[0], want[0]) and torch.equal(forced[1], want[1])
     vals = torch.randn(m.shape[0] * m.shape[1], 8)
-    assert torch.equal(ops.readout(*got, vals), reference.readout(*want, vals))
+    assert torch.equal(ops.readout(*want, vals), reference.readout(*want, vals))
 
 
 def test_impl_selects_the_code():
@@ -45,12 +54,16 @@ def test_impl_selects_the_code():
     want = reference.dense_topk_affinity(q, m, **kw)
     assert torch.equal(dense[1], want[1]) and torch.equal(dense[0], want[0])
     assert torch.equal(ops.topk_affinity(q, m, impl="reference", **kw)[1], want[1])
-    with pytest.raises(UsageError, match="no fused kernels for tensors on cpu"):
-        ops.topk_affinity(q, m, impl="fused", **kw)
+    fused_cpu = ops.topk_affinity(q, m, impl="fused", **kw)  # the CPU operator
+    assert torch.equal(fused_cpu[1], want[1]) and torch.allclose(fused_cpu[0], want[0], atol=1e-5, rtol=0)
+    with pytest.raises(UsageError, match="no fused kernels for tensors on meta"):
+        ops.resolve("fused", q.to("meta"), m.to("meta"))
     with pytest.raises(UsageError, match="choose one of"):
         ops.topk_affinity(q, m, impl="cuda", **kw)
     assert ops.describe("dense", q, m, 4) == "dense reference"
-    assert ops.describe("auto", q, m, 4) == "chunked reference"
+    assert ops.describe("reference", q, m, 4) == "chunked reference"
+    assert ops.describe("auto", q, m, 4) == (
+        "compiled CPU operator" if cpu.available() else f"chunked reference ({cpu.reason()})")
 
 
 def test_force_reference_flag_only_overrides_auto(monkeypatch):

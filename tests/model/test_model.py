@@ -88,3 +88,19 @@ def test_failed_save_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(AttributeError, match="pickle"):  # a lambda cannot be saved: the write fails midway
         save_checkpoint(tmp_path / "m.pt", model, train_state={"x": lambda: 0})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resnet_inference_pool_is_exact():
+    # Inference pools over a channels-last copy (faster on the CPU); the values must be the same
+    # as the plain op's, which training (grad enabled) still runs.
+    from mevos.model.config import preset
+    from mevos.model.resnet import ResNet
+
+    torch.manual_seed(0)
+    net = ResNet(preset("small"), in_channels=4).eval()
+    x = torch.randn(2, 4, 64, 88)
+    with torch.no_grad():
+        fast = net(x)
+    plain = net(x)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(fast, plain))
+    assert all(t.is_contiguous() for t in fast)

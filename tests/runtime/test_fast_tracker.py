@@ -119,7 +119,9 @@ def test_fast_measurements_run_eagerly_on_cpu(model, clip, tmp_path):
     assert r["frames_timed"] == 6 and r["fps"] > 0 and r["cuda_graphs"] is False
     p = profile_fast(model, cfg, clip.frames, clip.labels[0], 4, 3, cpu, opts)
     assert p["stages_ms"]["refine"]["n"] == 3 and p["host_syncs_per_frame"] is None
-    assert p["affinity_path"] == "chunked reference"
+    from mevos.kernels import cpu as cpu_op
+
+    assert p["affinity_path"] == ("compiled CPU operator" if cpu_op.available() else f"chunked reference ({cpu_op.reason()})")
     write_synthetic(clip, tmp_path / "davis", resolution="480p")
     jf = jf_parity(model, cfg, tmp_path / "davis", (), cpu, opts)
     assert jf["sequences"] == [clip.name] and 0 <= jf["jf_reference"] <= 1

@@ -25,7 +25,7 @@ def test_read_memory_is_one_affinity_and_two_readouts():
     for t in range(2):
         bank.write(keys[t], values[t], masks[t], pinned=t == 0, stamp=t)
     query = _normalised(p, ck, seed=2)
-    affinity = AffinityConfig(top_k=3, temperature=0.5, radius=1, chunk_size=4)
+    affinity = AffinityConfig(top_k=3, temperature=0.5, radius=1, chunk_size=4, impl="reference")
     rv, rm = stages.read_memory(bank, query, affinity)
     w, i = topk_affinity(query, keys, k=3, temperature=0.5, grid=grid, radius=1,
                          pinned=torch.tensor([True, False]), chunk_size=4)
