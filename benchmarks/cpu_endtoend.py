@@ -199,6 +199,16 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
+def _checkout(path: Path, rev: str) -> None:
+    """A detached worktree of rev at path (made when missing); an error if path holds another commit."""
+    full = subprocess.run(["git", "rev-parse", rev], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    if not (path / "mevos").is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), full], cwd=REPO, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True).stdout.strip()
+    if head != full:
+        raise SystemExit(f"{path} is at {head[:12]}, not {rev}: point --before at a checkout of {rev}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--short-side", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--before", type=Path, default=Path("/tmp/mevos-bf8564f"),
-                        help="a checkout of the code before issue 12 (git worktree add /tmp/mevos-bf8564f bf8564f)")
+                        help="a checkout of the code before issue 12 (made with git worktree when missing)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both trees (default: mevos.runtime.threads.default_threads() at start)")
     parser.add_argument("--frames", type=int, default=30, help="frames per run (the memory is full from frame 22)")
@@ -228,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from mevos.bench.environment import load_average, machine_info, versions
     from mevos.runtime.threads import default_threads
 
+    _checkout(args.before, "bf8564f")
     threads = args.threads or default_threads()
     load_start = load_average()
     steady_from = 22  # frame 0 given, frames 1..21 fill the 20-frame ring; from 22 on T = 21
