@@ -1,16 +1,16 @@
 """End to end on the CPU: the tracker of this tree against the code before issue 12, one run.
 
 Each configuration runs in a fresh worker process per tree (PYTHONPATH = that tree), one after
-the other, same machine, same threads: the default weights and the default TrackerConfig on a
-DAVIS 480p sequence, at the default working size (the tracker caps the short side at 240) and at
-`--short-side 480`, for 1 object (the DAVIS mask) and 4 objects (the DAVIS mask cut into
-quadrants around its centre). What is timed is `Tracker.step`, the per-frame loop of
-`mevos segment` (frame decoding and PNG writing, identical in both trees, are outside); the
-stages are timed through wrappers around the backend's encoders and kernels.ops (what the
+the other, same machine, same threads: the default weights on a DAVIS 480p sequence, for 1
+object (the DAVIS mask) and 4 objects (the DAVIS mask cut into quadrants around its centre), at
+three working sizes given to both trees explicitly (`CONFIGS`: 240 with radius 4, the defaults
+before; 320 with radius 5, the defaults now; 480). What is timed is `Tracker.step`, the per-frame
+loop of `mevos segment` (frame decoding and PNG writing, identical in both trees, are outside);
+the stages are timed through wrappers around the backend's encoders and kernels.ops (what the
 tracker calls), never a copy of the loop. Steady state = the frames after the memory is full.
 The label maps of the two trees are compared pixel by pixel over every frame.
 
-    python benchmarks/cpu_endtoend.py --before /tmp/mevos-bf8564f --cli   # a worktree at bf8564f
+    .venv/bin/python benchmarks/cpu_endtoend.py --cli   # makes a worktree at bf8564f when missing
 
 --cli also runs the real `mevos segment` command over the whole sequence in each tree (wall time,
 and its PNGs compared pixel by pixel).
@@ -35,6 +35,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = REPO.parent / "shared" / "data" / "davis2016"
 STAGES = ("encode_key", "affinity", "readout", "encode_value")
+# Working sizes, each run with the same explicit settings in both trees (so the label maps compare):
+# short side, radius in feature cells, what the settings are.
+CONFIGS = {
+    "240p": (240, 4, "the defaults before (working short side 240, radius 4)"),
+    "320p": (320, 5, "the defaults now (working short side 320, radius 5)"),
+    "480p": (480, 5, "--short-side 480 (radius 5)"),
+}
+# The settings the `mevos segment` comparison gives the old tree: today's defaults.
+DEFAULT_FLAGS = ["--short-side", "320", "--radius", "5"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +79,7 @@ def worker(args: argparse.Namespace) -> int:
         mask = _four_objects(mask)
     frames = [np.asarray(f) for _, f in zip(range(args.frames), source)]
     backend = create_backend("torch", None, device="cpu", precision="auto")
-    tracker = Tracker(backend, TrackerConfig(short_side=args.short_side))
+    tracker = Tracker(backend, TrackerConfig(short_side=args.short_side, radius=args.radius))
 
     spent = dict.fromkeys(STAGES, 0.0)
 
@@ -113,7 +122,7 @@ def run_worker(tree: Path, cfg: dict, threads: int, frames: int, sequence: str, 
     result, labels = tmp / f"{tag}.json", tmp / f"{tag}.npz"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads), "--frames",
            str(frames), "--sequence", sequence, "--objects", str(cfg["objects"]), "--result", str(result),
-           "--labels", str(labels)] + (["--short-side", str(cfg["short_side"])] if cfg["short_side"] else [])
+           "--labels", str(labels), "--short-side", str(cfg["short_side"]), "--radius", str(cfg["radius"])]
     env = dict(os.environ, PYTHONPATH=str(tree))
     t = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, cwd=str(tree))
@@ -123,14 +132,14 @@ def run_worker(tree: Path, cfg: dict, threads: int, frames: int, sequence: str, 
     return doc
 
 
-def segment_cli(tree: Path, threads: int | None, sequence: str, out: Path) -> dict:
-    """The real `mevos segment` on the whole sequence (default settings, no overlay video): wall
+def segment_cli(tree: Path, threads: int | None, sequence: str, out: Path, flags: list[str] = ()) -> dict:
+    """The real `mevos segment` on the whole sequence (default settings plus `flags`, no overlay video): wall
     time of the command and its own FPS line. threads None: the tree's own default (before issue 12:
     torch's; after: the rule); else OMP_NUM_THREADS for the old tree, --threads for the new one."""
     import re
 
     cmd = [sys.executable, "-m", "mevos", "segment", str(DAVIS / "JPEGImages" / "480p" / sequence), "--mask",
-           str(DAVIS / "Annotations" / "480p" / sequence / "00000.png"), "--out", str(out), "--force", "--overlay", "none"]
+           str(DAVIS / "Annotations" / "480p" / sequence / "00000.png"), "--out", str(out), "--force", "--overlay", "none", *flags]
     env = dict(os.environ, PYTHONPATH=str(tree))
     if threads is not None:
         if tree == REPO:
@@ -216,14 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", help=argparse.SUPPRESS)
     parser.add_argument("--objects", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--short-side", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--radius", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--before", type=Path, default=Path("/tmp/mevos-bf8564f"),
                         help="a checkout of the code before issue 12 (made with git worktree when missing)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both trees (default: mevos.runtime.threads.default_threads() at start)")
     parser.add_argument("--frames", type=int, default=30, help="frames per run (the memory is full from frame 22)")
     parser.add_argument("--sequence", default="car-shadow", help="DAVIS-2016 sequence (default car-shadow)")
-    parser.add_argument("--configs", default="240p:1,240p:4,480p:1,480p:4",
-                        help="SIZE:OBJECTS list; 240p = the default settings, 480p = --short-side 480")
+    parser.add_argument("--configs", default="240p:1,240p:4,320p:1,320p:4,480p:1,480p:4",
+                        help="SIZE:OBJECTS list; sizes: " + ", ".join(f"{k} = {v[2]}" for k, v in CONFIGS.items()))
     parser.add_argument("--cli", action="store_true",
                         help="also run the real `mevos segment` on the whole sequence: before with the same threads "
                              "and with its default threads, after with its default")
@@ -248,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.configs.split(","):
             size, objects = spec.split(":")
-            cfg = {"objects": int(objects), "short_side": 480 if size == "480p" else None}
-            row: dict = {"size": size, "objects": int(objects), "working_short_side": 480 if size == "480p" else 240,
-                         "settings": "defaults" if size == "240p" else "defaults + --short-side 480"}
+            short_side, radius, settings = CONFIGS[size]
+            cfg = {"objects": int(objects), "short_side": short_side, "radius": radius}
+            row: dict = {"size": size, "objects": int(objects), "working_short_side": short_side, "radius": radius,
+                         "settings": settings}
             docs = {}
             for side, tree in (("before", args.before), ("after", REPO)):
                 docs[side] = run_worker(tree, cfg, threads, args.frames, args.sequence, Path(tmp), f"{spec}-{side}".replace(":", "_"))
@@ -266,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{k} {v:.0f}" for k, v in row["after"]["stage_ms"].items()), flush=True)
         cli = {}
         if args.cli:
-            runs = {"before_same_threads": (args.before, threads), "after_default": (REPO, None),
-                    "before_default_threads": (args.before, None)}
-            for name, (tree, n) in runs.items():
-                cli[name] = segment_cli(tree, n, args.sequence, Path(tmp) / f"cli-{name}")
+            # The old tree runs with today's defaults spelled out (same label maps); after: no flags.
+            runs = {"before_same_threads": (args.before, threads, DEFAULT_FLAGS), "after_default": (REPO, None, []),
+                    "before_default_threads": (args.before, None, DEFAULT_FLAGS)}
+            for name, (tree, n, flags) in runs.items():
+                cli[name] = segment_cli(tree, n, args.sequence, Path(tmp) / f"cli-{name}", flags)
                 cli[name]["load_average_after"] = load_average()
                 print(f"mevos segment {name}: {cli[name]['wall_s']:.1f} s, {cli[name]['fps_printed']} FPS", flush=True)
             cli["same_label_pixels_before_after"] = same_pngs(Path(tmp) / "cli-before_same_threads",
@@ -277,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             cli["speedup_wall_same_threads"] = cli["before_same_threads"]["wall_s"] / cli["after_default"]["wall_s"]
             cli["speedup_wall_vs_before_defaults"] = cli["before_default_threads"]["wall_s"] / cli["after_default"]["wall_s"]
             print(f"mevos segment: {cli['speedup_wall_same_threads']:.2f}x at the same threads, "
-                  f"{cli['speedup_wall_vs_before_defaults']:.2f}x against the old defaults; same labels on "
+                  f"{cli['speedup_wall_vs_before_defaults']:.2f}x against the old default threads; same labels on "
                   f"{100 * cli['same_label_pixels_before_after']:.3f}% of pixels", flush=True)
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {

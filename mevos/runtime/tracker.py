@@ -34,11 +34,14 @@ class TrackerConfig:
     others were chosen by measurement on the 17 DAVIS-2016 dev sequences with the shipped weights
     (benchmarks/results/quality_defaults_subset.json and davis_dev_default.json, mevos/assets/small.md):
 
-    - max_short_side 240: frames with a larger short side are processed at 240 (smaller ones as
-      they are). The CPU reference affinity takes ~7 s a frame at 480p with 20 memory frames, ~1 s
-      at 240p. short_side, when set, is the exact working short side instead (e.g. 480).
-    - radius 4 feature cells (32 px at 240p) for non-pinned memory frames: the paper's locality
-      window (12 cells at 480p) scaled to 240p and measured (4 > 6 > 8 > none).
+    - max_short_side 320: frames with a larger short side are processed at 320 (smaller ones as
+      they are); short_side, when set, is the exact working short side instead (e.g. 480). With
+      the compiled CPU affinity, 320 costs ~6.5 FPS on 2 CPU cores and scores J&F 0.554 on the 17
+      dev sequences against 0.461 at 240 (~11 FPS), better on every sequence
+      (benchmarks/results/quality_resolution.json).
+    - radius 5 feature cells (40 px at 320) for non-pinned memory frames: the paper's locality
+      window (12 cells at 480p) scaled to the working size; at 240, 4 was measured best of 4, 6, 8
+      and none (quality_defaults_subset.json).
     - refine_rounds 0: the shipped decoder, trained on pseudo masks for an hour of CPU, lowers J&F
       when it refines; the coarse mask A^T Y_r is the output. The paper's R = 2 is one flag away.
     - memory_masks "hard": a predicted frame enters the memory with its label map, not its
@@ -49,10 +52,10 @@ class TrackerConfig:
     temperature: float = 0.05
     mem_frames: int = 20
     refine_rounds: int = 0
-    radius: int | None = 4
+    radius: int | None = 5
     max_pinned: int = 8
     short_side: int | None = None  # exact working short side (None: the input's, capped by max_short_side)
-    max_short_side: int | None = 240
+    max_short_side: int | None = 320
     chunk_size: int = 1024
     max_objects: int = 32
     memory_masks: str = "hard"  # what a predicted frame stores: "soft" probabilities or its "hard" label map
