@@ -127,6 +127,30 @@ def make_settings(settings: Mapping[str, Any] | pb.SessionSettings | None = None
 _CLOSE = object()
 
 
+class RequestStream:
+    """One Track call fed from a queue: put() sends a request, close() half-closes (once)."""
+
+    def __init__(self, stub: pb_grpc.TrackingStub, metadata: list[tuple[str, str]], timeout: float | None) -> None:
+        self.requests: queue.Queue[Any] = queue.Queue()
+        self.half_closed = False
+        self.call = stub.Track(self._iter(), metadata=metadata, timeout=timeout)
+
+    def _iter(self) -> Iterator[pb.TrackRequest]:
+        while True:
+            item = self.requests.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def put(self, req: pb.TrackRequest) -> None:
+        self.requests.put(req)
+
+    def close(self) -> None:
+        if not self.half_closed:
+            self.half_closed = True
+            self.requests.put(_CLOSE)
+
+
 class StreamSession:
     """One open Track stream. send() queues a frame, blocking while `window` frames are sent but
     not yet answered; receive() returns the next answer in order. Not thread-safe per direction, but
@@ -136,19 +160,11 @@ class StreamSession:
                  jpeg_quality: int, window: int, metadata: list[tuple[str, str]], timeout: float | None) -> None:
         self._settings = settings
         self._format, self._quality = codec.IMAGE_FORMATS[image_format], jpeg_quality
-        self._requests: queue.Queue[Any] = queue.Queue()
         self._window = threading.Semaphore(max(1, window))  # frames sent but not yet answered
         self._sent_at: deque[float] = deque()
         self._sent = 0
-        self._closed = False
-        self._call = stub.Track(self._request_iter(), metadata=metadata, timeout=timeout)
-
-    def _request_iter(self) -> Iterator[pb.TrackRequest]:
-        while True:
-            item = self._requests.get()
-            if item is _CLOSE:
-                return
-            yield item
+        self._stream = RequestStream(stub, metadata, timeout)
+        self._call = self._stream.call
 
     def request(self, frame: np.ndarray, masks: np.ndarray | None = None,
                 remove: Iterable[int] = (), frame_id: int | None = None) -> pb.TrackRequest:
@@ -171,20 +187,18 @@ class StreamSession:
 
     def send_request(self, req: pb.TrackRequest) -> None:
         """Queue a raw TrackRequest as is (for tests and tools)."""
-        if self._closed:
+        if self._stream.half_closed:
             raise MevosError("the session is closed for sending")
         while not self._window.acquire(timeout=0.1):
             if self._call.done():  # the server ended the stream: receive() reports why
                 return
         self._sent_at.append(time.perf_counter())
-        self._requests.put(req)
+        self._stream.put(req)
         self._sent += 1
 
     def close_send(self) -> None:
         """Half-close: no more frames; the answers to those sent still arrive."""
-        if not self._closed:
-            self._closed = True
-            self._requests.put(_CLOSE)
+        self._stream.close()
 
     def receive(self) -> TrackResult:
         """The next answer, in order. Raises ClientError when the stream failed, StopIteration when

@@ -20,7 +20,6 @@ original first frame and mask.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mevos.client.client import ClientError, TrackResult, is_movable
+from mevos.client.client import ClientError, RequestStream, TrackResult, is_movable
 from mevos.errors import MevosError
 from mevos.proto import codec
 from mevos.proto.mevos.v1 import tracking_pb2 as pb
@@ -38,8 +37,6 @@ from mevos.proto.mevos.v1 import tracking_pb2_grpc as pb_grpc
 
 #: first and largest pause between attempts to reopen a session (doubling)
 BACKOFF_S = (0.05, 2.0)
-
-_CLOSE = object()
 
 
 @dataclass
@@ -59,30 +56,6 @@ class _Seed:
     index: int
     frame: pb.Image
     labels: np.ndarray
-
-
-class _Stream:
-    """One Track call and the queue its requests are read from."""
-
-    def __init__(self, stub: pb_grpc.TrackingStub, metadata: list[tuple[str, str]], timeout: float | None) -> None:
-        self.requests: queue.Queue[Any] = queue.Queue()
-        self.half_closed = False
-        self.call = stub.Track(self._iter(), metadata=metadata, timeout=timeout)
-
-    def _iter(self) -> Iterator[pb.TrackRequest]:
-        while True:
-            item = self.requests.get()
-            if item is _CLOSE:
-                return
-            yield item
-
-    def put(self, req: pb.TrackRequest) -> None:
-        self.requests.put(req)
-
-    def close(self) -> None:
-        if not self.half_closed:
-            self.half_closed = True
-            self.requests.put(_CLOSE)
 
 
 @dataclass
@@ -119,7 +92,7 @@ class ResumableSession:
         self._failed: BaseException | None = None
         self._origin = ""  # session id on the first replica
         self.log = MoveLog()
-        self._stream = _Stream(stub, metadata, self._remaining())
+        self._stream = RequestStream(stub, metadata, self._remaining())
 
     def _remaining(self) -> float | None:
         if self._deadline is None:
@@ -253,7 +226,7 @@ class ResumableSession:
             old = self._stream
             old.call.cancel()
             timeout = self._remaining()
-            stream = _Stream(self._stub, self._metadata, timeout)
+            stream = RequestStream(self._stub, self._metadata, timeout)
             seed = self._seed
             resent = len(self._pending)
             if seed is None:  # nothing answered yet: simply start over
