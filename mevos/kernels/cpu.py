@@ -203,7 +203,6 @@ def topk_affinity(
     return out_w, out_i
 
 
-
 def readout(weights: Tensor, indices: Tensor, memory: Tensor, *, chunk_size: int = 1024) -> Tensor:
     """Weighted sum of memory rows, on the CPU: `mevos.kernels.reference.readout`'s contract.
 
