@@ -76,16 +76,17 @@ def _cpu_flags() -> str:
     return platform.machine() + platform.processor()
 
 
-def _build(compiler: str) -> Path:
-    """Compile SOURCE with compiler into the cache (or find it there); raise _Unavailable."""
+def _build(compiler: str, source_path: Path = SOURCE) -> Path:
+    """Compile a C++ source (default SOURCE) with compiler into the cache as a shared library named
+    after it (or find it there); raise _Unavailable. Also builds `train_cpu.cpp`."""
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise _Unavailable(f"C++ compiler {compiler!r} does not run ({exc})") from exc
-    source = SOURCE.read_bytes()
+    source = source_path.read_bytes()
     key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(_FLAGS).encode(), _cpu_flags().encode()]))
     folder = env.cache_dir() / "cpu"
-    target = folder / f"topk_cpu-{key.hexdigest()[:20]}.so"
+    target = folder / f"{source_path.stem}-{key.hexdigest()[:20]}.so"
     if target.exists():
         return target
     try:
@@ -95,12 +96,13 @@ def _build(compiler: str) -> Path:
     except OSError as exc:
         raise _Unavailable(f"cannot write the kernel cache {folder} ({exc}); set MEVOS_CACHE_DIR") from exc
     try:
-        done = subprocess.run([compiler, *_FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([compiler, *_FLAGS, str(source_path), "-o", tmp], capture_output=True, text=True,
+                              timeout=600)
         if done.returncode != 0:
-            raise _Unavailable(f"{compiler} failed to build {SOURCE.name}: {done.stderr.strip()[-2000:]}")
+            raise _Unavailable(f"{compiler} failed to build {source_path.name}: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: another process sees no library or a whole one
     except (OSError, subprocess.SubprocessError) as exc:
-        raise _Unavailable(f"building {SOURCE.name} with {compiler} failed ({exc})") from exc
+        raise _Unavailable(f"building {source_path.name} with {compiler} failed ({exc})") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mevos.kernels.train_cpu import normalized_input
 from mevos.model.colour import cell_colour
 from mevos.model.config import COLOUR_DIMS, ModelConfig
 from mevos.model.resnet import ResNet
@@ -32,6 +33,12 @@ class _Normalize(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         return (image - self.mean) / self.std
+
+    def input(self, image: Tensor, masks: Tensor | None = None) -> Tensor:
+        """The backbone's input: self(image), with the masks as a 4th channel when given. image
+        1 x 3 x H x W (shared by every mask) or N x 3 x H x W, masks N x 1 x H x W. In training on
+        a CPU one compiled pass writes it channels-last (kernels/train_cpu.py)."""
+        return normalized_input(image, self.mean, self.std, masks, self)
 
 
 class KeyEncoder(nn.Module):
@@ -56,7 +63,7 @@ class KeyEncoder(nn.Module):
         return self
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        feat, res3, res2 = self.backbone(self.normalize(image))
+        feat, res3, res2 = self.backbone(self.normalize.input(image))
         learned = self.xfeat(image) if self.xfeat is not None else self.project(feat)  # type: ignore[misc]
         key = F.normalize(learned, dim=1)
         if self.config.key_colour:
@@ -77,8 +84,7 @@ class ValueEncoder(nn.Module):
         self.project = nn.Conv2d(config.feature_channels, config.value_dim, 1)
 
     def forward(self, image: Tensor, masks: Tensor) -> Tensor:
-        image = self.normalize(image).expand(masks.shape[0], -1, -1, -1)
-        feat, _, _ = self.backbone(torch.cat([image, masks], dim=1))
+        feat, _, _ = self.backbone(self.normalize.input(image, masks))
         return self.project(feat)
 
 
