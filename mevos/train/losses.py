@@ -88,8 +88,21 @@ def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, tempera
     is the label of a cross-entropy over the affinities of pixel k of X_{t'} with I_t."""
     i_t = _flat(x_t)
     with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):  # float32 argmax, also under autocast
-        match = torch.bmm(_flat(x_far_phi_enc), i_t.transpose(1, 2)).argmax(dim=2)  # B x hw
+        match = best_match(_flat(x_far_phi_enc), i_t)  # B x hw
     return info_nce(_flat(x_far_enc_phi) / temperature, i_t, match)
+
+
+def best_match(q: Tensor, k: Tensor) -> Tensor:
+    """argmax_j q_i . k_j for each row i (the lower j on ties): q B x n x D, k B x m x D float32
+    -> B x n int64. On a CPU through the compiled top-k affinity with k = 1 (no n x m score matrix
+    written and read back; about half the time of bmm + argmax), else bmm + argmax."""
+    from mevos.kernels import cpu
+
+    if q.device.type != "cpu" or q.dtype != torch.float32 or not cpu.available():
+        return torch.bmm(q, k.transpose(1, 2)).argmax(dim=2)
+    h = k.shape[1]
+    return torch.stack([cpu.topk_affinity(qi.contiguous(), ki.contiguous()[None], k=1, temperature=1.0, grid=(1, h))[1][:, 0]
+                        for qi, ki in zip(q, k)])
 
 
 def distill_loss(key: Tensor, target: Tensor) -> Tensor:
@@ -113,6 +126,59 @@ def affinity(ref_keys: Tensor, query_key: Tensor, temperature: float, top_k: int
     return torch.softmax(scores, dim=2).transpose(1, 2)
 
 
+class _SoftmaxReadout(torch.autograd.Function):
+    """softmax(q k^T over the keys) v, a block of query rows at a time: the B x n x m affinities
+    are never held whole (the backward recomputes each block's, a small product). The scores,
+    the softmax and the products that give q's and k's gradients run in float32; the readout
+    products (with p, v and the output's gradient) in `dtype` (bf16 under autocast, as autocast
+    would run them). With dtype float32: `torch.bmm(torch.softmax(torch.bmm(q, k.mT), dim=2), v)`."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, dtype: torch.dtype, block: int) -> Tensor:  # noqa: ANN001
+        b, n, _ = q.shape
+        out = q.new_empty((b, n, v.shape[2]))
+        lse = q.new_empty((b, n))
+        kt, vc = k.transpose(1, 2), v.to(dtype)
+        for i in range(0, n, block):
+            s = torch.bmm(q[:, i : i + block], kt)  # B x c x m
+            lse_i = torch.logsumexp(s, dim=2, keepdim=True)
+            out[:, i : i + block] = torch.bmm(s.sub_(lse_i).exp_().to(dtype), vc)
+            lse[:, i : i + block] = lse_i[:, :, 0]
+        ctx.save_for_backward(q, k, vc, out, lse)
+        ctx.meta = (block, v.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: ANN001, ANN205
+        q, k, vc, out, lse = ctx.saved_tensors
+        block, v_dtype = ctx.meta
+        g = g.contiguous()
+        grad_q, grad_k = torch.empty_like(q), torch.zeros_like(k)
+        grad_v = torch.zeros(vc.shape, dtype=torch.float32, device=vc.device)
+        kt, vt = k.transpose(1, 2), vc.transpose(1, 2)
+        delta = (g * out).sum(2, keepdim=True)  # B x n x 1: sum_j p_ij dp_ij = g_i . out_i
+        gc = g.to(vc.dtype)
+        for i in range(0, q.shape[1], block):
+            rows, g_i = q[:, i : i + block], gc[:, i : i + block]
+            p = torch.bmm(rows, kt).sub_(lse[:, i : i + block, None]).exp_()  # softmax, B x c x m
+            grad_v += torch.bmm(p.to(vc.dtype).transpose(1, 2), g_i)
+            ds = torch.bmm(g_i, vt).float().sub_(delta[:, i : i + block]).mul_(p)  # d loss / d scores
+            grad_q[:, i : i + block] = torch.bmm(ds, k)
+            grad_k += torch.bmm(ds.transpose(1, 2), rows)
+        return grad_q, grad_k, grad_v.to(v_dtype), None, None
+
+
+def softmax_readout(q: Tensor, k: Tensor, v: Tensor, block: int = 128) -> Tensor:
+    """softmax(q k^T, over the m keys) v: q B x n x D, k B x m x D (float32), v B x m x C -> B x n x C
+    float32. Eq. 6-8 with the full softmax, a block of rows at a time (`_SoftmaxReadout`); the
+    readout in the autocast dtype when autocast is on, else in float32."""
+    dtype = torch.float32
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+    with torch.autocast(q.device.type, enabled=False):
+        return _SoftmaxReadout.apply(q, k, v, dtype, block)
+
+
 def seg_forward(model: MevosNet, ref_images: Tensor, ref_masks: Tensor, ref_keys: Tensor, query_image: Tensor,
                 query_key: Tensor, res3: Tensor, res2: Tensor, temperature: float, top_k: int = 0) -> Tensor:
     """Eq. 5-9 for one object per batch entry, through the model's own stages.
@@ -128,10 +194,15 @@ def seg_forward(model: MevosNet, ref_images: Tensor, ref_masks: Tensor, ref_keys
     yr = F.avg_pool2d(ref_masks.flatten(0, 1), 8).reshape(b, n * h * w, 1)  # masks at stride 8, as the runtime
     # Under autocast (bf16 networks) the affinity stays float32: scores over a temperature of 0.05
     # need more than bf16's 8-bit mantissa. The readout, a weighted mean, may be bf16.
-    with torch.autocast(query_key.device.type, enabled=False):
-        a = affinity(ref_keys.float(), query_key.float(), temperature, top_k)  # B x Nhw x hw
-    # Eq. 7 and 8 in one product: the reference masks ride as one more value channel
-    out = torch.bmm(a.transpose(1, 2), torch.cat([vr, yr.to(vr.dtype)], dim=2)).transpose(1, 2)  # B x (Cv+1) x hw
+    if 0 < top_k < n * h * w:
+        with torch.autocast(query_key.device.type, enabled=False):
+            a = affinity(ref_keys.float(), query_key.float(), temperature, top_k)  # B x Nhw x hw
+        # Eq. 7 and 8 in one product: the reference masks ride as one more value channel
+        out = torch.bmm(a.transpose(1, 2), torch.cat([vr, yr.to(vr.dtype)], dim=2)).transpose(1, 2)  # B x (Cv+1) x hw
+    else:  # the full softmax: affinity and readout a block of query pixels at a time
+        kr = ref_keys.float().permute(0, 1, 3, 4, 2).reshape(b, -1, ref_keys.shape[2])  # B x Nhw x D
+        kq = query_key.float().flatten(2).transpose(1, 2) / temperature  # B x hw x D
+        out = softmax_readout(kq, kr, torch.cat([vr, yr.to(vr.dtype)], dim=2)).transpose(1, 2)  # B x (Cv+1) x hw
     readout = out[:, :cv].reshape(b, cv, h, w)  # Eq. 7
     coarse = out[:, cv:].float().reshape(b, 1, h, w)  # Eq. 8
     coarse = F.interpolate(coarse, size=query_image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
