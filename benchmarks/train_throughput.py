@@ -6,7 +6,8 @@ loss of the same steps, for the correspondence phase and the joint phase of a tr
 it measures, and the two alternate (before, after, after, before, ...) so that load from other jobs
 on the machine falls on both alike. A measurement builds a fresh Trainer (same seed, so the same
 initial weights), runs `--warmup` steps untimed and `--steps` steps timed through Trainer.train_step
-(batches are seeded by (seed, epoch, batch): both trees see the same clips), then scores the
+in Trainer.run's order (batch b of epoch e, then b + 1, then batch 0 of e + 1; batches are seeded by
+(seed, epoch, batch): both trees see the same clips), then scores the
 weights it reached in float32 on `--eval-batches` fixed batches (no gradient). The joint phase
 first clusters the pseudo masks with the fresh model (float32 in both trees: same masks, checked by
 a hash) and trains at the joint learning rate.
@@ -86,10 +87,17 @@ def measure(phase: str, preset_name: str, data: str, steps: int, warmup: int, ev
         g["lr"] = trainer.lr_at(epoch)
     seconds, cpu, losses = [], [], []
     result["train_crop"] = int(trainer.make_batch(epoch, 0, with_seg)[0].shape[-1])
-    for b in range(warmup + steps):
+    # Steps in Trainer.run's order: batches 0..steps_per_epoch-1 of an epoch, then of the next (a
+    # trainer never asks for a batch past its epoch's end; its prefetch follows this order).
+    per_epoch = trainer.steps_per_epoch
+    for i in range(warmup + steps):
+        e, b = epoch + i // per_epoch, i % per_epoch
+        if b == 0 and e != epoch:
+            for g in trainer.optimizer.param_groups:
+                g["lr"] = trainer.lr_at(e)
         _sync()
         t0, c0 = time.perf_counter(), time.process_time()
-        losses.append(trainer.train_step(epoch, b, with_seg))
+        losses.append(trainer.train_step(e, b, with_seg))
         _sync()
         seconds.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)

@@ -34,7 +34,7 @@ from mevos.kernels import cpu
 __all__ = ["normalized_input", "batch_norm_relu", "max_pool", "available", "reason"]
 
 SOURCE = Path(__file__).with_name("csrc") / "train_cpu.cpp"
-_ABI = 3
+_ABI = 4
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _warned: set[str] = set()
 

@@ -354,8 +354,7 @@ class Trainer:
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             joint = self.phase(epoch) == "joint"
-            if joint and cfg.w_seg > 0 and (self.state.labels_epoch < 0 or (
-                    (epoch - cfg.corr_epochs) % cfg.recluster_every == 0 and self.state.labels_epoch != epoch)):
+            if self._reclusters_at(epoch):
                 t0 = time.perf_counter()
                 stats = self.recluster(epoch)
                 self._log({"event": "cluster", "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1), **stats})
@@ -408,11 +407,12 @@ class Trainer:
         return final
 
     def next_batch(self, epoch: int, b: int, with_seg: bool) -> tuple[torch.Tensor, list, list, SegTargets | None]:
-        """make_batch(epoch, b, with_seg), then batch b + 1 of the epoch starts building in a
-        background thread while the caller computes (JPEG decoding and crops, ~10% of a CPU step,
-        overlap the step instead of preceding it). Batches are seeded by (seed, epoch, b): the
-        prefetched one is the batch make_batch returns, and it is used only when it is the one asked
-        for, built on the current pseudo masks (a re-clustering makes a new labels dict)."""
+        """make_batch(epoch, b, with_seg), then the batch of the step after it in `run`'s order (b + 1,
+        or batch 0 of the next epoch) starts building in a background thread while the caller
+        computes (JPEG decoding and crops, ~10% of a CPU step, overlap the step instead of preceding
+        it). Batches are seeded by (seed, epoch, b): the prefetched one is the batch make_batch
+        returns, and it is used only when it is the one asked for, built on the current pseudo masks
+        (a re-clustering makes a new labels dict)."""
         key = (epoch, b, with_seg)
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == key and pending[1] is self.state.labels:
@@ -420,13 +420,24 @@ class Trainer:
         else:
             batch = self.make_batch(epoch, b, with_seg)
         if b + 1 < self.steps_per_epoch:
-            if self._prefetcher is None:
-                from concurrent.futures import ThreadPoolExecutor
+            following = (epoch, b + 1, with_seg)
+        elif epoch + 1 < self.config.epochs and not self._reclusters_at(epoch + 1):
+            following = (epoch + 1, 0, self.phase(epoch + 1) == "joint" and self.config.w_seg > 0)
+        else:  # the end, or new pseudo masks first
+            return batch
+        if self._prefetcher is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-                self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mevos-batch")
-            future = self._prefetcher.submit(self.make_batch, epoch, b + 1, with_seg)
-            self._pending = ((epoch, b + 1, with_seg), self.state.labels, future)
+            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mevos-batch")
+        future = self._prefetcher.submit(self.make_batch, *following)
+        self._pending = (following, self.state.labels, future)
         return batch
+
+    def _reclusters_at(self, epoch: int) -> bool:
+        """Whether `run` clusters new pseudo masks before the first step of epoch."""
+        cfg = self.config
+        return self.phase(epoch) == "joint" and cfg.w_seg > 0 and (self.state.labels_epoch < 0 or (
+            (epoch - cfg.corr_epochs) % cfg.recluster_every == 0 and self.state.labels_epoch != epoch))
 
     def train_step(self, epoch: int, b: int, with_seg: bool) -> dict[str, float]:
         frames, phis, phil, seg = self.next_batch(epoch, b, with_seg)

@@ -114,3 +114,42 @@ def test_blockwise_info_nce_is_the_cross_entropy_of_the_whole_logits() -> None:
         assert torch.allclose(gq0, gq1, rtol=tol, atol=tol * 1e-2), autocast
         assert torch.allclose(gk0, gk1, rtol=tol, atol=tol * 1e-2), autocast
         assert gq1.dtype == q0.dtype and gk1.dtype == k0.dtype
+
+
+def test_blockwise_softmax_readout_is_softmax_then_product() -> None:
+    """softmax_readout (a block of query rows at a time, recomputed in the backward) gives the output
+    and gradients of bmm(softmax(bmm(q, k^T)), v) in float32; under bf16 autocast the readout
+    products round to bf16 and stay close."""
+    from mevos.train.losses import softmax_readout
+
+    g = torch.Generator().manual_seed(4)
+    q0, k0, v0 = torch.randn(2, 70, 16, generator=g) * 3, torch.randn(2, 90, 16, generator=g), torch.randn(2, 90, 9, generator=g)
+    grad = torch.randn(2, 70, 9, generator=g)
+    outs = []
+    for fn in ("whole", "blocks", "blocks-bf16"):
+        q, k, v = q0.clone().requires_grad_(), k0.clone().requires_grad_(), v0.clone().requires_grad_()
+        if fn == "whole":
+            out = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=2), v)
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fn == "blocks-bf16"):
+                out = softmax_readout(q, k, v, block=16)  # 70 rows: 4 full blocks and a partial one
+        assert out.dtype == torch.float32 and out.shape == (2, 70, 9)
+        out.backward(grad)
+        outs.append((out.detach(), q.grad, k.grad, v.grad))
+    for got, tol in ((outs[1], 1e-5), (outs[2], 3e-2)):
+        for a, b in zip(outs[0], got):
+            assert torch.allclose(a, b, rtol=tol, atol=tol * a.abs().max()), tol
+
+
+def test_best_match_is_the_first_argmax() -> None:
+    from mevos.train.losses import best_match
+
+    g = torch.Generator().manual_seed(5)
+    for n, m in ((60, 60), (40, 60)):  # one grid against another (the compiled operator on a CPU), or not
+        q, k = F.normalize(torch.randn(3, n, 8, generator=g), dim=2), F.normalize(torch.randn(3, m, 8, generator=g), dim=2)
+        k[:, 7] = k[:, 3]  # exact ties: the lower index wins, as torch.argmax
+        q[:, :5] = k[:, 3:4]  # ... and rows whose best match is tied
+        want = torch.bmm(q, k.transpose(1, 2)).argmax(dim=2)
+        got = best_match(q, k)
+        assert got.dtype == torch.int64 and torch.equal(got, want)
+        assert not (got == 7).any() and (got[:, :5] == 3).all()

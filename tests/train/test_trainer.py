@@ -145,3 +145,12 @@ def test_prefetched_batches_are_the_batches_asked_for(videos: Path, tiny, tmp_pa
     trainer.next_batch(epoch, 0, True)  # batch 1 now building on the old masks
     trainer.state.labels = {k: torch.zeros_like(v) for k, v in trainer.state.labels.items()}
     assert same(trainer.next_batch(epoch, 1, True), trainer.make_batch(epoch, 1, True))
+    # The last batch of an epoch prefetches batch 0 of the next one, as Trainer.run asks for it,
+    # unless new pseudo masks come first (the joint phase's first epoch here).
+    two = Trainer(tiny.with_overrides({"corr_epochs": 2}), [videos], RunOptions(out=tmp_path / "two", progress=False))
+    last = two.steps_per_epoch - 1
+    two.next_batch(0, last, False)
+    assert two._pending is not None and two._pending[0] == (1, 0, False)
+    assert torch.equal(two.next_batch(1, 0, False)[0], two.make_batch(1, 0, False)[0])
+    two.next_batch(1, last, False)
+    assert two._pending is None  # epoch 2 starts with a clustering

@@ -58,47 +58,48 @@ void parallel(int64_t n, int64_t parts, Fn fn) {
   for (auto& th : pool) th.join();
 }
 
-// Per-channel sums over the rows of x (M x C) of f(row, c): out[c] (double), `threads` parts.
-template <class Fn>
-void channel_sums(int64_t M, int64_t C, int64_t threads, double* out, Fn f) {
-  const int64_t parts = std::max<int64_t>(1, std::min(threads, M / 4096 + 1));
-  std::vector<double> partial(parts * C, 0.0);
-  parallel(M, parts, [&](int64_t begin, int64_t end, int64_t part) {
-    std::vector<float> acc(C);
-    double* total = partial.data() + part * C;
-    for (int64_t b = begin; b < end; b += BLOCK) {
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      float* __restrict a = acc.data();
-      for (int64_t m = b; m < std::min(end, b + BLOCK); ++m)
-        for (int64_t c = 0; c < C; ++c) a[c] += f(m, c);
-      for (int64_t c = 0; c < C; ++c) total[c] += a[c];
-    }
-  });
-  for (int64_t c = 0; c < C; ++c) {
-    out[c] = 0.0;
-    for (int64_t p = 0; p < parts; ++p) out[c] += partial[p * C + c];
-  }
-}
-
 template <class T>
 void bn_forward(const T* x, const T* res, T* y, int64_t M, int64_t C, const float* weight, const float* bias,
                 double eps, int relu, int64_t threads, float* mean_out, float* invstd_out, float* var_out) {
-  std::vector<double> s(C), mean(C);
-  channel_sums(M, C, threads, s.data(), [&](int64_t m, int64_t c) { return load(x, m * C + c); });
-  for (int64_t c = 0; c < C; ++c) mean[c] = s[c] / double(M);
-  std::vector<float> meanf(C);
-  for (int64_t c = 0; c < C; ++c) meanf[c] = float(mean[c]);
-  const float* mf = meanf.data();
-  // Second pass around the float mean, then the rounding of that mean corrected exactly: the
-  // variance of x is E[(x - mf)^2] - (mean - mf)^2.
-  channel_sums(M, C, threads, s.data(), [&](int64_t m, int64_t c) {
-    const float d = load(x, m * C + c) - mf[c];
-    return d * d;
+  // One pass: per-channel sums of d = x - x[0] and of d^2 (shifted by the first row's value, so
+  // that the variance E[d^2] - E[d]^2 does not cancel when the mean is large against the spread).
+  const int64_t parts = std::max<int64_t>(1, std::min(threads, M / 4096 + 1));
+  std::vector<float> first(C);
+  for (int64_t c = 0; c < C; ++c) first[c] = load(x, c);
+  std::vector<double> partial(parts * 2 * C, 0.0);
+  parallel(M, parts, [&](int64_t begin, int64_t end, int64_t part) {
+    std::vector<float> acc(2 * C);
+    float* __restrict s1 = acc.data();
+    float* __restrict s2 = acc.data() + C;
+    const float* __restrict f0 = first.data();
+    double* __restrict total = partial.data() + part * 2 * C;
+    for (int64_t b = begin; b < end; b += BLOCK) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t m = b; m < std::min(end, b + BLOCK); ++m) {
+        const T* __restrict xr = x + m * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = load(xr, c) - f0[c];
+          s1[c] += d;
+          s2[c] += d * d;
+        }
+      }
+      for (int64_t c = 0; c < 2 * C; ++c) total[c] += acc[c];
+    }
   });
+  std::vector<double> mean(C), s(C), dmean(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0.0, q = 0.0;
+    for (int64_t p = 0; p < parts; ++p) {
+      a += partial[p * 2 * C + c];
+      q += partial[p * 2 * C + C + c];
+    }
+    dmean[c] = a / double(M);
+    mean[c] = double(first[c]) + dmean[c];
+    s[c] = q;
+  }
   std::vector<float> scale(C), shift(C);
   for (int64_t c = 0; c < C; ++c) {
-    const double delta = mean[c] - double(mf[c]);
-    const double var = std::max(0.0, s[c] / double(M) - delta * delta);
+    const double var = std::max(0.0, s[c] / double(M) - dmean[c] * dmean[c]);
     const double invstd = 1.0 / std::sqrt(var + eps);
     mean_out[c] = float(mean[c]);
     var_out[c] = float(var);
@@ -106,16 +107,20 @@ void bn_forward(const T* x, const T* res, T* y, int64_t M, int64_t C, const floa
     scale[c] = float(double(weight[c]) * invstd);
     shift[c] = float(double(bias[c]) - mean[c] * double(weight[c]) * invstd);
   }
-  const float* sc = scale.data();
-  const float* sh = shift.data();
-  parallel(M, std::max<int64_t>(1, std::min(threads, M / 4096 + 1)), [&](int64_t begin, int64_t end, int64_t) {
-    for (int64_t m = begin; m < end; ++m)
+  parallel(M, parts, [&](int64_t begin, int64_t end, int64_t) {
+    const float* __restrict sc = scale.data();
+    const float* __restrict sh = shift.data();
+    for (int64_t m = begin; m < end; ++m) {
+      const T* __restrict xr = x + m * C;
+      const T* __restrict rr = res ? res + m * C : nullptr;
+      T* __restrict yr = y + m * C;
       for (int64_t c = 0; c < C; ++c) {
-        float v = load(x, m * C + c) * sc[c] + sh[c];
-        if (res) v += load(res, m * C + c);
+        float v = load(xr, c) * sc[c] + sh[c];
+        if (rr) v += load(rr, c);
         if (relu) v = v > 0.0f ? v : (v == v ? 0.0f : v);  // relu, NaN kept (as torch's clamp_min)
-        store(y, m * C + c, v);
+        store(yr, c, v);
       }
+    }
   });
 }
 
@@ -309,7 +314,7 @@ void normalize_input(const float* img, int64_t img_stride, const float* masks, T
 
 extern "C" {
 
-int mevos_train_abi_version() { return 3; }
+int mevos_train_abi_version() { return 4; }
 
 int mevos_normalize_input(const float* img, int64_t img_stride, const float* masks, void* out, int dtype, int64_t N,
                           int64_t H, int64_t W, const float* mean, const float* stdv, int64_t threads) {
