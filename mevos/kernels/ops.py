@@ -36,7 +36,9 @@ __all__ = ["IMPLS", "check_impl", "resolve", "describe", "topk_affinity", "reado
 #: The values of AffinityConfig.impl.
 IMPLS = ("auto", "fused", "reference", "dense")
 
-_disabled_reason: str | None = None
+#: Device type ('cuda', 'cpu') -> why its fused implementation is off for the rest of the process
+#: (a load or launch failure). Per device type: a CUDA failure leaves the CPU operator on.
+_disabled: dict[str, str] = {}
 _warned: set[str] = set()
 
 
@@ -67,12 +69,20 @@ def _fused_op(op: str, tensors: tuple[Any, ...]) -> Callable[..., Any] | None:
     return None
 
 
+def _device_type(tensors: tuple[Any, ...]) -> str:
+    """'cuda', 'cpu', ...: the first tensor's device type (the key of _disabled)."""
+    for t in tensors:
+        if isinstance(t, Tensor):
+            return "cuda" if t.is_cuda else t.device.type
+    return "cpu"
+
+
 def resolve(impl: str, *tensors: Any, op: str = "topk_affinity") -> str:
     """What `impl` means for these tensors: 'fused', 'reference' or 'dense' (before any fallback
     a call may still make; see describe)."""
     check_impl(impl)
     if impl == "auto":
-        usable = _disabled_reason is None and not env.flag("MEVOS_FORCE_REFERENCE")
+        usable = _device_type(tensors) not in _disabled and not env.flag("MEVOS_FORCE_REFERENCE")
         return "fused" if usable and _fused_op(op, tensors) is not None else "reference"
     if impl == "fused" and _fused_op(op, tensors) is None:
         devices = sorted({str(t.device) for t in tensors if isinstance(t, Tensor)})
@@ -100,17 +110,17 @@ def describe(impl: str, query: Tensor, memory: Tensor, k: int) -> str:
 
 
 def _call_fused(fn: Callable[..., Any], fallback: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
-    global _disabled_reason
     from mevos.kernels import fused, nvrtc
 
-    if _disabled_reason is not None:  # an earlier load or launch failure: the kernels stay off
+    device = _device_type(args)
+    if device in _disabled:  # an earlier load or launch failure on this device type: the kernels stay off
         return fallback()
     try:
         return fn(*args, **kwargs)
     except fused.Unsupported as exc:
         _warn_once(str(exc))
     except (MissingExtraError, nvrtc.KernelUnavailable) as exc:
-        _disabled_reason = str(exc)
+        _disabled[device] = str(exc)
         _warn_once(f"fused CUDA kernels unavailable: {exc}")
     return fallback()
 

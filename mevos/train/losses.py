@@ -34,9 +34,11 @@ class _InfoNCE(torch.autograd.Function):
         picked = q.new_empty((b, n), dtype=torch.float32)
         with torch.autocast(q.device.type, enabled=False):
             for i in range(0, n, block):
-                logits = torch.bmm(qc[:, i : i + block], kt).float()  # B x c x m
-                lse[:, i : i + block] = torch.logsumexp(logits, dim=2)
+                logits = torch.bmm(qc[:, i : i + block], kt)  # B x c x m, in dtype
                 picked[:, i : i + block] = logits.gather(2, target[:, i : i + block, None]).squeeze(2)
+                logits = logits.float()
+                top = logits.amax(dim=2, keepdim=True)  # logsumexp, in place on this block's copy
+                lse[:, i : i + block] = logits.sub_(top).exp_().sum(dim=2).log_().add_(top[:, :, 0])
         ctx.save_for_backward(qc, kc, target, lse)
         ctx.meta = (q.dtype, k.dtype, block)
         return (lse - picked).mean()
@@ -53,9 +55,9 @@ class _InfoNCE(torch.autograd.Function):
         with torch.autocast(qc.device.type, enabled=False):
             for i in range(0, n, block):
                 rows = qc[:, i : i + block]
-                p = torch.exp(torch.bmm(rows, kt).float() - lse[:, i : i + block, None])  # softmax, B x c x m
+                p = torch.bmm(rows, kt).float().sub_(lse[:, i : i + block, None]).exp_()  # softmax, B x c x m
                 p.scatter_add_(2, target[:, i : i + block, None], p.new_full((b, p.shape[1], 1), -1.0))
-                g = (p * scale).to(qc.dtype)  # d loss / d logits
+                g = p.mul_(scale).to(qc.dtype)  # d loss / d logits
                 grad_q[:, i : i + block] = torch.bmm(g, kc)
                 grad_k += torch.bmm(g.transpose(1, 2), rows).float()
         return grad_q.to(q_dtype), grad_k.to(k_dtype), None, None, None

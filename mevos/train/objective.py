@@ -47,6 +47,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def encoder_views(frames: Tensor, phi_short: list[Transform], phi_long: list[Transform], config: TrainConfig) -> Tensor:
+    """The key encoder's input for a batch: frames B x 3 x 3 x S x S (t, t+1, t') -> the frames
+    t, t+1, t' (frame-major: all t, then all t+1, ...) and, when a correspondence loss is on,
+    Phi_short(I_t) and Phi_long(I_t'): 5B (or 3B) x 3 x S x S. No gradient flows to the images."""
+    s = frames.shape[-1]
+    f = frames.unbind(1)
+    views = [f[0], f[1], f[2]]
+    if config.w_short > 0 or config.w_long > 0:
+        views += [apply_batch(f[0], phi_short, (s, s)), apply_batch(f[2], phi_long, (s, s))]
+    return torch.cat(views)
+
+
 class Objective(nn.Module):
     """Holds the model (as `.model`) and computes the losses of a batch."""
 
@@ -69,19 +81,19 @@ class Objective(nn.Module):
             self.teacher = teacher
 
     def forward(self, frames: Tensor, phi_short: list[Transform], phi_long: list[Transform],
-                seg: SegTargets | None = None) -> dict[str, Tensor]:
+                seg: SegTargets | None = None, views: Tensor | None = None) -> dict[str, Tensor]:
         """frames B x 3 x 3 x S x S (t, t+1, t') -> {'short', 'long'[, 'distill'][, 'seg'], 'total'}.
-        With w_short = w_long = 0 the two Phi views are not encoded (and their losses not computed)."""
+        With w_short = w_long = 0 the two Phi views are not encoded (and their losses not computed).
+        views: encoder_views(frames, phi_short, phi_long, config) when already made (the trainer
+        makes them with the batch, in its background thread)."""
         cfg = self.config
         b, s = frames.shape[0], frames.shape[-1]
         g = (s // 8, s // 8)
-        f = frames.unbind(1)
         corr = cfg.w_short > 0 or cfg.w_long > 0
-        views = [f[0], f[1], f[2]]
-        if corr:
-            views += [apply_batch(f[0], phi_short, (s, s)), apply_batch(f[2], phi_long, (s, s))]
+        if views is None:
+            views = encoder_views(frames, phi_short, phi_long, cfg)
         with self._autocast():
-            keys, res3, res2 = self.model.encode_key(torch.cat(views))
+            keys, res3, res2 = self.model.encode_key(views)
         keys = keys.float()
         k_t, k_next, k_far, *k_phi = keys.split(b)
         out: dict[str, Tensor] = {}
@@ -95,7 +107,7 @@ class Objective(nn.Module):
                 out["long"] = long_loss(k_phi[1], far_phi, k_t, cfg.corr_temperature)
             total = cfg.w_short * out["short"] + cfg.w_long * out["long"]
         if self.teacher is not None:
-            out["distill"] = distill_loss(keys[: 3 * b], self.teacher(torch.cat(views[:3])))
+            out["distill"] = distill_loss(keys[: 3 * b], self.teacher(views[: 3 * b]))
             total = total + cfg.w_distill * out["distill"]
         if seg is not None and bool(seg.valid.any()):
             out["seg"] = self._seg(frames, torch.stack([k_t, k_next, k_far], 1), res3[: 3 * b], res2[: 3 * b], seg)

@@ -30,7 +30,7 @@ from mevos.model.network import build_model
 from mevos.train.cluster import cluster_video
 from mevos.train.config import TrainConfig
 from mevos.train.data import VideoSet, crop_labels, resize_for_clustering, sample_clip
-from mevos.train.objective import Objective, SegTargets
+from mevos.train.objective import Objective, SegTargets, encoder_views
 
 
 @dataclass(frozen=True)
@@ -409,29 +409,36 @@ class Trainer:
     def next_batch(self, epoch: int, b: int, with_seg: bool) -> tuple[torch.Tensor, list, list, SegTargets | None]:
         """make_batch(epoch, b, with_seg), then the batch of the step after it in `run`'s order (b + 1,
         or batch 0 of the next epoch) starts building in a background thread while the caller
-        computes (JPEG decoding and crops, ~10% of a CPU step, overlap the step instead of preceding
-        it). Batches are seeded by (seed, epoch, b): the prefetched one is the batch make_batch
-        returns, and it is used only when it is the one asked for, built on the current pseudo masks
-        (a re-clustering makes a new labels dict)."""
+        computes (JPEG decoding, crops and the encoder's input views, ~10% of a CPU step, overlap
+        the step instead of preceding it). Batches are seeded by (seed, epoch, b): the prefetched
+        one is the batch make_batch returns, and it is used only when it is the one asked for,
+        built on the current pseudo masks (a re-clustering makes a new labels dict)."""
+        return self._next_batch_and_views(epoch, b, with_seg)[0]
+
+    def _batch_and_views(self, epoch: int, b: int, with_seg: bool) -> tuple[tuple, torch.Tensor]:
+        batch = self.make_batch(epoch, b, with_seg)
+        return batch, encoder_views(*batch[:3], self.config)
+
+    def _next_batch_and_views(self, epoch: int, b: int, with_seg: bool) -> tuple[tuple, torch.Tensor | None]:
         key = (epoch, b, with_seg)
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == key and pending[1] is self.state.labels:
-            batch = pending[2].result()  # re-raises what the background build raised
+            batch, views = pending[2].result()  # re-raises what the background build raised
         else:
-            batch = self.make_batch(epoch, b, with_seg)
+            batch, views = self.make_batch(epoch, b, with_seg), None  # (the objective makes the views)
         if b + 1 < self.steps_per_epoch:
             following = (epoch, b + 1, with_seg)
         elif epoch + 1 < self.config.epochs and not self._reclusters_at(epoch + 1):
             following = (epoch + 1, 0, self.phase(epoch + 1) == "joint" and self.config.w_seg > 0)
         else:  # the end, or new pseudo masks first
-            return batch
+            return batch, views
         if self._prefetcher is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mevos-batch")
-        future = self._prefetcher.submit(self.make_batch, *following)
+        future = self._prefetcher.submit(self._batch_and_views, *following)
         self._pending = (following, self.state.labels, future)
-        return batch
+        return batch, views
 
     def _reclusters_at(self, epoch: int) -> bool:
         """Whether `run` clusters new pseudo masks before the first step of epoch."""
@@ -440,8 +447,8 @@ class Trainer:
             (epoch - cfg.corr_epochs) % cfg.recluster_every == 0 and self.state.labels_epoch != epoch))
 
     def train_step(self, epoch: int, b: int, with_seg: bool) -> dict[str, float]:
-        frames, phis, phil, seg = self.next_batch(epoch, b, with_seg)
-        losses = self.objective(frames, phis, phil, seg)
+        (frames, phis, phil, seg), views = self._next_batch_and_views(epoch, b, with_seg)
+        losses = self.objective(frames, phis, phil, seg, views=views)
         self.optimizer.zero_grad(set_to_none=True)
         if losses["total"].requires_grad:  # False only when no term applies (no pseudo object, no corr loss)
             losses["total"].backward()

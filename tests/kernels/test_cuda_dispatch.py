@@ -23,7 +23,7 @@ def _keys(T=3, h=5, w=7, C=16, seed=0):
 
 @pytest.fixture(autouse=True)
 def _fresh_dispatch_state(monkeypatch):
-    monkeypatch.setattr(ops, "_disabled_reason", None)
+    monkeypatch.setattr(ops, "_disabled", {})
     monkeypatch.setattr(ops, "_warned", set())
     monkeypatch.delenv("MEVOS_FORCE_REFERENCE", raising=False)
 
@@ -101,6 +101,16 @@ def test_an_unavailable_kernel_warns_once_falls_back_and_stays_off(monkeypatch, 
         warnings.simplefilter("error")
         ops.topk_affinity(q, m, k=3, temperature=0.1, grid=grid, impl="fused")  # no second warning, no retry
     assert calls == [1]
+
+
+def test_a_cuda_failure_leaves_the_cpu_operator_on(monkeypatch):
+    # The kernels are switched off per device type: after a CUDA load or launch failure, CPU
+    # tensors still get the compiled CPU operator under 'auto'.
+    q, m, grid = _keys()
+    monkeypatch.setitem(ops._disabled, "cuda", "NVRTC failed")
+    assert ops.resolve("auto", q, m) == "fused"
+    monkeypatch.setitem(ops._disabled, "cpu", "a failure on the CPU")
+    assert ops.resolve("auto", q, m) == "reference"
 
 
 def test_an_unsupported_configuration_falls_back_with_one_warning_per_reason(monkeypatch):
