@@ -196,12 +196,12 @@ def seg_forward(model: MevosNet, ref_images: Tensor, ref_masks: Tensor, ref_keys
     yr = F.avg_pool2d(ref_masks.flatten(0, 1), 8).reshape(b, n * h * w, 1)  # masks at stride 8, as the runtime
     # Under autocast (bf16 networks) the affinity stays float32: scores over a temperature of 0.05
     # need more than bf16's 8-bit mantissa. The readout, a weighted mean, may be bf16.
-    if 0 < top_k < n * h * w:
+    if 0 < top_k < n * h * w or query_key.device.type != "cpu":  # (the blocks were measured on a CPU only)
         with torch.autocast(query_key.device.type, enabled=False):
             a = affinity(ref_keys.float(), query_key.float(), temperature, top_k)  # B x Nhw x hw
         # Eq. 7 and 8 in one product: the reference masks ride as one more value channel
         out = torch.bmm(a.transpose(1, 2), torch.cat([vr, yr.to(vr.dtype)], dim=2)).transpose(1, 2)  # B x (Cv+1) x hw
-    else:  # the full softmax: affinity and readout a block of query pixels at a time
+    else:  # on a CPU, the full softmax: affinity and readout a block of query pixels at a time
         kr = ref_keys.float().permute(0, 1, 3, 4, 2).reshape(b, -1, ref_keys.shape[2])  # B x Nhw x D
         kq = query_key.float().flatten(2).transpose(1, 2) / temperature  # B x hw x D
         out = softmax_readout(kq, kr, torch.cat([vr, yr.to(vr.dtype)], dim=2)).transpose(1, 2)  # B x (Cv+1) x hw
