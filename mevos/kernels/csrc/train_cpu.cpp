@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -301,80 +302,76 @@ void normalize_input(const float* img, int64_t img_stride, const float* masks, T
   });
 }
 
+// Runs fn with a null pointer of the element type that dtype names (0 float32, 1 bfloat16 as its
+// 16 bits) and returns 0, or returns 1 for an unknown dtype: each entry point below is one body.
+template <class Fn>
+int by_dtype(int dtype, Fn fn) {
+  if (dtype == 0) {
+    fn(static_cast<float*>(nullptr));
+    return 0;
+  }
+  if (dtype == 1) {
+    fn(static_cast<uint16_t*>(nullptr));
+    return 0;
+  }
+  return 1;
+}
+
 }  // namespace
 
 extern "C" {
 
 int mevos_train_abi_version() { return 4; }
 
+// dtype (every entry point): 0 float32, 1 bfloat16. Each returns 0, or 1 for an unknown dtype or
+// (max pool) a window it does not handle.
+
 int mevos_normalize_input(const float* img, int64_t img_stride, const float* masks, void* out, int dtype, int64_t N,
                           int64_t H, int64_t W, const float* mean, const float* stdv, int64_t threads) {
-  if (dtype == 0)
-    normalize_input(img, img_stride, masks, static_cast<float*>(out), N, H, W, mean, stdv, threads);
-  else if (dtype == 1)
-    normalize_input(img, img_stride, masks, static_cast<uint16_t*>(out), N, H, W, mean, stdv, threads);
-  else
-    return 1;
-  return 0;
+  return by_dtype(dtype, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    normalize_input(img, img_stride, masks, static_cast<T*>(out), N, H, W, mean, stdv, threads);
+  });
 }
 
-// y = [relu](bn(x) [+ res]); res may be null. dtype: 0 float32, 1 bfloat16. Returns 0, or 1 for
-// an unknown dtype.
+// y = [relu](bn(x) [+ res]); res may be null.
 int mevos_bn_forward(const void* x, const void* res, void* y, int dtype, int64_t M, int64_t C, const float* weight,
                      const float* bias, double eps, int relu, int64_t threads, float* mean, float* invstd,
                      float* var) {
-  if (dtype == 0)
-    bn_forward(static_cast<const float*>(x), static_cast<const float*>(res), static_cast<float*>(y), M, C, weight,
-               bias, eps, relu, threads, mean, invstd, var);
-  else if (dtype == 1)
-    bn_forward(static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(res), static_cast<uint16_t*>(y), M, C,
-               weight, bias, eps, relu, threads, mean, invstd, var);
-  else
-    return 1;
-  return 0;
+  return by_dtype(dtype, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    bn_forward(static_cast<const T*>(x), static_cast<const T*>(res), static_cast<T*>(y), M, C, weight, bias, eps, relu,
+               threads, mean, invstd, var);
+  });
 }
 
 // dres (may be null): the gradient of the residual of the forward.
 int mevos_bn_backward(const void* gy, const void* x, const void* y, void* dx, void* dres, int dtype, int64_t M,
                       int64_t C, const float* mean, const float* invstd, const float* weight, int relu,
                       int64_t threads, float* dweight, float* dbias) {
-  if (dtype == 0)
-    bn_backward(static_cast<const float*>(gy), static_cast<const float*>(x), static_cast<const float*>(y),
-                static_cast<float*>(dx), static_cast<float*>(dres), M, C, mean, invstd, weight, relu, threads, dweight,
-                dbias);
-  else if (dtype == 1)
-    bn_backward(static_cast<const uint16_t*>(gy), static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(y),
-                static_cast<uint16_t*>(dx), static_cast<uint16_t*>(dres), M, C, mean, invstd, weight, relu, threads,
-                dweight, dbias);
-  else
-    return 1;
-  return 0;
+  return by_dtype(dtype, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    bn_backward(static_cast<const T*>(gy), static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(dx),
+                static_cast<T*>(dres), M, C, mean, invstd, weight, relu, threads, dweight, dbias);
+  });
 }
 
 int mevos_pool_forward(const void* x, void* y, uint8_t* idx, int dtype, int64_t N, int64_t H, int64_t W, int64_t C,
                        int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p, int64_t threads) {
   if (k < 1 || k * k > 256 || p < 0 || 2 * p > k) return 1;
-  if (dtype == 0)
-    pool_forward(static_cast<const float*>(x), static_cast<float*>(y), idx, N, H, W, C, OH, OW, k, s, p, threads);
-  else if (dtype == 1)
-    pool_forward(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), idx, N, H, W, C, OH, OW, k, s, p,
-                 threads);
-  else
-    return 1;
-  return 0;
+  return by_dtype(dtype, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    pool_forward(static_cast<const T*>(x), static_cast<T*>(y), idx, N, H, W, C, OH, OW, k, s, p, threads);
+  });
 }
 
 int mevos_pool_backward(const void* gy, const uint8_t* idx, void* dx, int dtype, int64_t N, int64_t H, int64_t W,
                         int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p, int64_t threads) {
   if (k < 1 || k * k > 256 || p < 0 || 2 * p > k) return 1;
-  if (dtype == 0)
-    pool_backward(static_cast<const float*>(gy), idx, static_cast<float*>(dx), N, H, W, C, OH, OW, k, s, p, threads);
-  else if (dtype == 1)
-    pool_backward(static_cast<const uint16_t*>(gy), idx, static_cast<uint16_t*>(dx), N, H, W, C, OH, OW, k, s, p,
-                  threads);
-  else
-    return 1;
-  return 0;
+  return by_dtype(dtype, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    pool_backward(static_cast<const T*>(gy), idx, static_cast<T*>(dx), N, H, W, C, OH, OW, k, s, p, threads);
+  });
 }
 
 }  // extern "C"
