@@ -109,18 +109,36 @@ def _build(compiler: str, source_path: Path = SOURCE) -> Path:
     return target
 
 
-@functools.cache
-def _load(compiler: str | None) -> tuple[ctypes.CDLL | None, str | None, Path | None]:
-    """(library, None, path) or (None, reason, None); cached per compiler for the process."""
+def _open(compiler: str | None, source_path: Path, abi_symbol: str, abi: int
+          ) -> tuple[ctypes.CDLL | None, str | None, Path | None]:
+    """Build (or find) source_path's library and load it: (library, None, path), or (None, reason,
+    None) when there is no compiler, the build fails or the library's `abi_symbol()` is not abi.
+    Also opens `train_cpu.cpp` (mevos.kernels.train_cpu)."""
     if compiler is None:
         return None, "no C++ compiler found (install g++, or set MEVOS_CXX)", None
     try:
-        path = _build(compiler)
+        path = _build(compiler, source_path)
         lib = ctypes.CDLL(str(path))
-        if lib.mevos_cpu_abi_version() != _ABI:
+        if getattr(lib, abi_symbol)() != abi:
             raise _Unavailable(f"{path} has another ABI version; delete it")
     except (_Unavailable, OSError) as exc:
         return None, str(exc), None
+    return lib, None, path
+
+
+def _warn_once(warned: set[str], message: str, stacklevel: int) -> None:
+    """warnings.warn(message, RuntimeWarning) the first time message is added to warned."""
+    if message not in warned:
+        warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+@functools.cache
+def _load(compiler: str | None) -> tuple[ctypes.CDLL | None, str | None, Path | None]:
+    """(library, None, path) or (None, reason, None); cached per compiler for the process."""
+    lib, why, path = _open(compiler, SOURCE, "mevos_cpu_abi_version", _ABI)
+    if lib is None:
+        return None, why, None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.mevos_topk_affinity.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, ptr]
     lib.mevos_topk_affinity.restype = ctypes.c_int
@@ -147,10 +165,7 @@ def library_path() -> Path | None:
 def _library_or_warn() -> ctypes.CDLL | None:
     lib, why, _ = _load(_compiler())
     if lib is None:
-        message = f"compiled CPU affinity unavailable: {why}; using the PyTorch reference"
-        if message not in _warned:
-            _warned.add(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        _warn_once(_warned, f"compiled CPU affinity unavailable: {why}; using the PyTorch reference", stacklevel=3)
     return lib
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import warnings
 from pathlib import Path
 
 import torch
@@ -41,14 +40,9 @@ _warned: set[str] = set()
 
 @functools.cache
 def _load(compiler: str | None) -> tuple[ctypes.CDLL | None, str | None]:
-    if compiler is None:
-        return None, "no C++ compiler found (install g++, or set MEVOS_CXX)"
-    try:
-        lib = ctypes.CDLL(str(cpu._build(compiler, SOURCE)))
-        if lib.mevos_train_abi_version() != _ABI:
-            return None, f"the cached {SOURCE.stem} library has another ABI version; delete it"
-    except (cpu._Unavailable, OSError) as exc:
-        return None, str(exc)
+    lib, why, _ = cpu._open(compiler, SOURCE, "mevos_train_abi_version", _ABI)
+    if lib is None:
+        return None, why
     i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.mevos_bn_forward.argtypes = [ptr, ptr, ptr, i32, i64, i64, ptr, ptr, ctypes.c_double, i32, i64, ptr, ptr, ptr]
     lib.mevos_bn_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i32, i64, i64, ptr, ptr, ptr, i32, i64, ptr, ptr]
@@ -73,10 +67,8 @@ def reason() -> str | None:
 def _library() -> ctypes.CDLL | None:
     lib, why = _load(cpu._compiler())
     if lib is None:
-        message = f"compiled CPU training layers unavailable: {why}; using torch's batch norm and max pool"
-        if message not in _warned:
-            _warned.add(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=4)
+        cpu._warn_once(_warned, f"compiled CPU training layers unavailable: {why}; using torch's batch norm and max pool",
+                       stacklevel=4)
     return lib
 
 
