@@ -193,12 +193,13 @@ def batch_norm_relu(x: Tensor, bn: nn.BatchNorm2d, relu: bool = True, residual: 
     y, stats = _BatchNormReLU.apply(x, bn.weight, bn.bias, residual, bn.eps, relu, lib)
     with torch.no_grad():
         m = x.shape[0] * x.shape[2] * x.shape[3]
-        assert bn.num_batches_tracked is not None
-        bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        bn.running_mean.mul_(1 - momentum).add_(stats[0].to(bn.running_mean.dtype), alpha=momentum)
+        running_mean, running_var, tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
+        assert running_mean is not None and running_var is not None and tracked is not None  # `fast` checked them
+        tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
+        running_mean.mul_(1 - momentum).add_(stats[0].to(running_mean.dtype), alpha=momentum)
         unbiased = stats[2] * (m / (m - 1))
-        bn.running_var.mul_(1 - momentum).add_(unbiased.to(bn.running_var.dtype), alpha=momentum)
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
     return y
 
 
