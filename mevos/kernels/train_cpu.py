@@ -49,7 +49,8 @@ def _load(compiler: str | None) -> tuple[ctypes.CDLL | None, str | None]:
     lib.mevos_pool_forward.argtypes = [ptr, ptr, ptr, i32, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64]
     lib.mevos_pool_backward.argtypes = [ptr, ptr, ptr, i32, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64]
     lib.mevos_normalize_input.argtypes = [ptr, i64, ptr, ptr, i32, i64, i64, i64, ptr, ptr, i64]
-    for f in (lib.mevos_normalize_input, lib.mevos_bn_forward, lib.mevos_bn_backward, lib.mevos_pool_forward, lib.mevos_pool_backward):
+    for f in (lib.mevos_normalize_input, lib.mevos_bn_forward, lib.mevos_bn_backward, lib.mevos_pool_forward,
+              lib.mevos_pool_backward):
         f.restype = ctypes.c_int
     return lib, None
 
@@ -67,8 +68,8 @@ def reason() -> str | None:
 def _library() -> ctypes.CDLL | None:
     lib, why = _load(cpu._compiler())
     if lib is None:
-        cpu._warn_once(_warned, f"compiled CPU training layers unavailable: {why}; using torch's batch norm and max pool",
-                       stacklevel=4)
+        cpu._warn_once(_warned, f"compiled CPU training layers unavailable: {why}; using torch's batch norm and "
+                                "max pool", stacklevel=4)
     return lib
 
 
@@ -137,8 +138,8 @@ def _as_channels_last(g: Tensor, dtype: torch.dtype) -> Tensor:
 
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, eps: float, relu: bool,  # noqa: ANN001, ANN205
-                lib: ctypes.CDLL):
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None,  # noqa: ANN001, ANN205
+                eps: float, relu: bool, lib: ctypes.CDLL):
         n, c, h, w = x.shape
         m = n * h * w
         y = torch.empty_like(x)  # channels-last like x

@@ -96,15 +96,16 @@ def long_loss(x_far_phi_enc: Tensor, x_far_enc_phi: Tensor, x_t: Tensor, tempera
 
 def best_match(q: Tensor, k: Tensor) -> Tensor:
     """argmax_j q_i . k_j for each row i (the lower j on ties): q B x n x D, k B x m x D float32
-    -> B x n int64. On a CPU with n = m (pixels of one grid against another) through the compiled top-k affinity with k = 1 (no n x m score matrix
-    written and read back; about half the time of bmm + argmax), else bmm + argmax."""
+    -> B x n int64. On a CPU with n = m (pixels of one grid against another) through the compiled
+    top-k affinity with k = 1 (no n x m score matrix written and read back; about half the time of
+    bmm + argmax), else bmm + argmax."""
     from mevos.kernels import cpu
 
-    if q.device.type != "cpu" or q.dtype != torch.float32 or q.shape[1] != k.shape[1] or not cpu.available():
+    m = k.shape[1]
+    if q.device.type != "cpu" or q.dtype != torch.float32 or q.shape[1] != m or not cpu.available():
         return torch.bmm(q, k.transpose(1, 2)).argmax(dim=2)  # (the operator scores a grid against frames of it)
-    h = k.shape[1]
-    return torch.stack([cpu.topk_affinity(qi.contiguous(), ki.contiguous()[None], k=1, temperature=1.0, grid=(1, h))[1][:, 0]
-                        for qi, ki in zip(q, k)])
+    return torch.stack([cpu.topk_affinity(qi.contiguous(), ki.contiguous()[None], k=1, temperature=1.0,
+                                          grid=(1, m))[1][:, 0] for qi, ki in zip(q, k)])
 
 
 def distill_loss(key: Tensor, target: Tensor) -> Tensor:
